@@ -1,0 +1,112 @@
+"""params.yaml, validated once at the edge into typed, immutable objects.
+
+Every stage takes one of these objects; nothing downstream re-reads or re-checks raw YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from seqmnist.errors import ConfigError
+from seqmnist.paths import PARAMS_FILE
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DownloadParams(_Frozen):
+    mirrors: list[str] = Field(min_length=1)
+    connect_timeout_s: PositiveFloat = 10.0
+    read_timeout_s: PositiveFloat = 60.0
+    attempts_per_mirror: PositiveInt = 3
+    backoff_s: Annotated[float, Field(ge=0)] = 1.0
+
+
+class PreprocessParams(_Frozen):
+    validation_size: PositiveInt = 5000
+    seed: int = 42
+
+
+class ModelParams(_Frozen):
+    cell: Literal["lstm", "gru", "simple_rnn"] = "lstm"
+    units: PositiveInt = 128
+    layers: PositiveInt = 1
+    bidirectional: bool = False
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    input_projection: PositiveInt | None = 128
+
+
+class TrainParams(_Frozen):
+    seed: int = 42
+    max_train_samples: PositiveInt | None = None
+    model: ModelParams = ModelParams()
+    epochs: PositiveInt = 16
+    batch_size: PositiveInt = 128
+    learning_rate: PositiveFloat = 0.002
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    early_stopping_patience: PositiveInt = 4
+
+
+class EvaluateParams(_Frozen):
+    misclassified_grid: PositiveInt = 25
+
+
+class ExportParams(_Frozen):
+    opset: Annotated[int, Field(ge=17, le=18)] = 17
+    quantize_int8: bool = True
+    parity_atol: PositiveFloat = 1e-5
+
+
+class GateParams(_Frozen):
+    min_test_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.99
+    max_regression: Annotated[float, Field(ge=0, le=1)] = 0.002
+
+
+class Params(_Frozen):
+    download: DownloadParams
+    preprocess: PreprocessParams = PreprocessParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+    gate: GateParams = GateParams()
+
+
+
+def _describe(error: ValidationError, source: Path) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"])
+        got = item.get("input")
+        lines.append(f"  {field}: {item['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
+    """Validate an already-loaded params mapping; errors name the file and the dotted field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of stage names to parameters")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameters file not found (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, path)

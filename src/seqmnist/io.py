@@ -1,0 +1,42 @@
+"""Atomic file writes: a reader never sees a half-written file, a crash leaves no partial output."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temp path beside `target`; rename it onto `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_open(target: Path) -> Iterator[BinaryIO]:
+    """Open a temp file beside `target` for binary writing; rename it into place on success."""
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_json(target: Path, payload: Any) -> None:
+    """Write `payload` as indented, key-sorted JSON, atomically."""
+    data = (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode()
+    with atomic_open(target) as handle:
+        handle.write(data)

@@ -1,0 +1,31 @@
+"""Where each stage reads and writes, relative to the project root (the folder holding dvc.yaml).
+
+dvc.yaml declares the same paths; tests/test_layout.py checks that the two agree.
+"""
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+
+RAW_DIR = Path("data/raw")
+PROCESSED_DIR = Path("data/processed")
+DATA_STATS = Path("metrics/data.json")
+
+KERAS_DIR = Path("models/keras")
+KERAS_MODEL = KERAS_DIR / "model.keras"
+MODEL_INFO = KERAS_DIR / "model_info.json"
+TRAIN_LIVE_DIR = Path("dvclive/train")
+TRAIN_CHECKPOINT_DIR = Path("checkpoints/train")
+
+EVAL_METRICS = Path("metrics/evaluate.json")
+CONFUSION_CSV = Path("plots/confusion.csv")
+MISCLASSIFIED_PNG = Path("plots/misclassified.png")
+
+ONNX_DIR = Path("models/onnx")
+ONNX_MODEL = ONNX_DIR / "model.onnx"
+ONNX_INT8_MODEL = ONNX_DIR / "model.int8.onnx"
+MODEL_CARD = ONNX_DIR / "MODEL_CARD.md"
+EXPORT_METRICS = Path("metrics/export.json")
+
+PROMOTED_DIR = Path("models/promoted")
+VERSIONS_FILE = Path("versions/history.jsonl")

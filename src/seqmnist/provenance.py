@@ -1,0 +1,36 @@
+"""What produced a model: git commit, dirty flag, data checksums, params. TensorFlow-free."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from seqmnist.paths import DATA_STATS
+
+
+def _git(*args: str, cwd: Path | None = None) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def git_version(cwd: Path | None = None) -> dict[str, Any]:
+    """The current commit and whether tracked files differ from it (None outside a git repo)."""
+    commit = _git("rev-parse", "HEAD", cwd=cwd)
+    status = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
+
+
+def data_checksums(stats_path: Path = DATA_STATS) -> dict[str, str]:
+    """sha256 of each verified raw IDX payload, as recorded by `preprocess`."""
+    try:
+        stats = json.loads(Path(stats_path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(stats.get("source_sha256", {}))
