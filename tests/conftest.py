@@ -1,4 +1,4 @@
-"""Shared test setup: telemetry off, tool state inside the test run, real MNIST mirror, DVC repos."""
+"""Shared test setup: telemetry off, tool state kept in the test run, MNIST mirror, DVC repos."""
 
 from __future__ import annotations
 

@@ -50,6 +50,7 @@ class TrainParams(_Frozen):
     model: ModelParams = ModelParams()
     epochs: PositiveInt = 16
     batch_size: PositiveInt = 128
+    augment_max_shift: Annotated[int, Field(ge=0, le=8)] = 2
     learning_rate: PositiveFloat = 0.002
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
@@ -78,7 +79,6 @@ class Params(_Frozen):
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     gate: GateParams = GateParams()
-
 
 
 def _describe(error: ValidationError, source: Path) -> str:

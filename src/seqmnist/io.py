@@ -13,10 +13,14 @@ from typing import Any, BinaryIO
 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temp path beside `target`; rename it onto `target` only if the block succeeds."""
+    """Yield a temp path beside `target`; rename it onto `target` only if the block succeeds.
+
+    The temp name keeps the target's suffixes (".keras", ".weights.h5"): some writers check them.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    suffix = ".tmp" + "".join(target.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -1,0 +1,195 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from seqmnist.config import ConfigError, TrainParams, parse_params
+from seqmnist.errors import DataError
+from seqmnist.train import CHECKPOINT_STATE, epoch_order, run, subset_indices
+from tiny_data import FEATURES, TIME_STEPS, write_processed
+
+TINY = {
+    "epochs": 3,
+    "batch_size": 32,
+    "warmup_epochs": 1,
+    "early_stopping_patience": 5,
+    "model": {"units": 12, "input_projection": 8},
+}
+
+
+def train_into(folder: Path, processed: Path, **overrides) -> dict:
+    params = TrainParams.model_validate({**TINY, **overrides})
+    return run(
+        params,
+        processed_dir=processed,
+        model_path=folder / "model.keras",
+        info_path=folder / "model_info.json",
+        live_dir=folder / "live",
+        checkpoint_dir=folder / "checkpoints",
+        stats_path=folder / "missing-stats.json",
+        progress=False,
+    )
+
+
+def weights_of(path: Path) -> list[np.ndarray]:
+    import keras
+
+    return keras.models.load_model(path).get_weights()
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory) -> Path:
+    return write_processed(tmp_path_factory.mktemp("processed"))
+
+
+def test_two_runs_give_identical_weights_and_metrics(tmp_path, processed):
+    first = train_into(tmp_path / "a", processed)
+    second = train_into(tmp_path / "b", processed)
+    for left, right in zip(
+        weights_of(tmp_path / "a/model.keras"), weights_of(tmp_path / "b/model.keras"), strict=True
+    ):
+        np.testing.assert_array_equal(left, right)
+    assert first["best_val_loss"] == second["best_val_loss"]
+    assert first["input_shape"] == [TIME_STEPS, FEATURES]
+    metrics = json.loads((tmp_path / "a/live/metrics.json").read_text())
+    assert metrics["step"] == 2 and "val" in metrics and "train" in metrics
+    assert (tmp_path / "a/live/plots/metrics/val/accuracy.tsv").is_file()
+    assert not list((tmp_path / "a/checkpoints").iterdir()), "checkpoints cleared after success"
+
+
+def test_training_learns_the_tiny_task(tmp_path, processed):
+    info = train_into(tmp_path, processed, epochs=6, learning_rate=0.01)
+    history = json.loads((tmp_path / "live/metrics.json").read_text())
+    assert history["val"]["accuracy"] > 0.5
+    assert info["best_epoch"] >= 1
+
+
+RESUMABLE_SCRIPT = """
+import sys, time
+from pathlib import Path
+from seqmnist import train
+from seqmnist.config import TrainParams
+
+folder, processed, pause = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+save_checkpoint = train._save_checkpoint
+
+def save_then_pause(*args, **kwargs):  # a slow disk: gives the test time to kill mid-training
+    save_checkpoint(*args, **kwargs)
+    time.sleep(pause)
+
+train._save_checkpoint = save_then_pause
+params = TrainParams.model_validate({**%(tiny)r, "epochs": 6})
+train.run(params, processed_dir=processed, model_path=folder / "model.keras",
+          info_path=folder / "info.json", live_dir=folder / "live",
+          checkpoint_dir=folder / "checkpoints", stats_path=folder / "none.json",
+          progress=False)
+"""
+
+
+def _train_in_subprocess(folder: Path, processed: Path, slow: bool) -> subprocess.Popen:
+    script = RESUMABLE_SCRIPT % {"tiny": TINY}
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(folder), str(processed), "2.0" if slow else "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_killed_training_resumes_and_matches_uninterrupted_run(tmp_path, processed):
+    """kill -9 in the middle of training; the rerun resumes and ends with the same model."""
+    reference = _train_in_subprocess(tmp_path / "reference", processed, slow=False)
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+
+    victim_dir = tmp_path / "victim"
+    victim = _train_in_subprocess(victim_dir, processed, slow=True)
+    state_file = victim_dir / "checkpoints" / CHECKPOINT_STATE
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if state_file.is_file() and json.loads(state_file.read_text())["next_epoch"] >= 2:
+            break
+        assert victim.poll() is None, "training finished before it could be interrupted"
+        time.sleep(0.2)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    interrupted_at = json.loads(state_file.read_text())["next_epoch"]
+    assert 2 <= interrupted_at < 6
+    assert not (victim_dir / "model.keras").exists()
+
+    resumed = _train_in_subprocess(victim_dir, processed, slow=False)
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert f"resuming from {victim_dir / 'checkpoints'} at epoch {interrupted_at + 1}" in output
+    assert "epoch 1/6" not in output
+    for left, right in zip(
+        weights_of(tmp_path / "reference/model.keras"),
+        weights_of(victim_dir / "model.keras"),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(left, right)
+    curves = (victim_dir / "live/plots/metrics/val/loss.tsv").read_text().splitlines()
+    assert len(curves) == 1 + 6, "the resumed run's curves cover every epoch"
+
+
+def test_stale_checkpoint_from_other_params_is_discarded(tmp_path, processed):
+    folder = tmp_path / "run"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / CHECKPOINT_STATE).write_text(
+        json.dumps({"fingerprint": "something-else", "next_epoch": 2})
+    )
+    (folder / "checkpoints" / "last.keras").write_bytes(b"not a model")
+    info = train_into(folder, processed, epochs=1, warmup_epochs=0)
+    assert info["epochs_run"] == 1
+
+
+@pytest.mark.parametrize(
+    ("train_params", "field"),
+    [
+        ({"model": {"cell": "transformer"}}, "train.model.cell"),
+        ({"model": {"units": 0}}, "train.model.units"),
+        ({"model": {"layers": -1}}, "train.model.layers"),
+        ({"epochs": 0}, "train.epochs"),
+        ({"batch_size": 0}, "train.batch_size"),
+    ],
+)
+def test_bad_params_name_the_field(train_params, field):
+    raw = {"download": {"mirrors": ["https://example.invalid/"]}, "train": train_params}
+    with pytest.raises(ConfigError) as caught:
+        parse_params(raw)
+    assert field in str(caught.value)
+
+
+def test_batch_larger_than_data_is_rejected_before_training(tmp_path, processed):
+    with pytest.raises(ConfigError, match=r"train\.batch_size: 5000 is larger than the 400"):
+        train_into(tmp_path, processed, batch_size=5000)
+    assert not (tmp_path / "live").exists()
+
+
+def test_missing_processed_data_names_the_file(tmp_path):
+    with pytest.raises(DataError, match=r"train_x.npy: processed data not found"):
+        train_into(tmp_path, tmp_path / "nowhere")
+
+
+def test_validation_data_of_another_shape_is_rejected(tmp_path, processed):
+    odd = write_processed(tmp_path / "odd")
+    np.save(odd / "val_x.npy", np.zeros((100, TIME_STEPS + 1, FEATURES), np.float32))
+    with pytest.raises(DataError, match=r"val_x.npy: sequences of shape \(13, 10\) do not fit"):
+        train_into(tmp_path, odd)
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    assert np.array_equal(epoch_order(50, 1, 3), epoch_order(50, 1, 3))
+    assert not np.array_equal(epoch_order(50, 1, 3), epoch_order(50, 1, 4))
+    assert sorted(epoch_order(50, 1, 3).tolist()) == list(range(50))
+
+
+def test_subset_is_seeded_and_capped():
+    assert subset_indices(10, None, 0).tolist() == list(range(10))
+    picked = subset_indices(100, 7, 0)
+    assert len(picked) == 7 and picked.tolist() == subset_indices(100, 7, 0).tolist()
