@@ -1,0 +1,290 @@
+"""Classify digits with the shipped ONNX model, using onnxruntime only (never TensorFlow).
+
+This is what the people downstream run, so it imports nothing heavier than numpy, Pillow and
+onnxruntime, and turns every bad input into one clear SeqmnistError naming the file.
+
+Python API:
+    predictor = Predictor("models/onnx/model.onnx")
+    batch = load_inputs(Path("digit.png"), predictor.time_steps, predictor.features)
+    probabilities = predictor.predict(batch)          # float32 [N, 10]
+
+Accepted inputs (pixel polarity as in MNIST: white digit on black, unless `dark_on_light`):
+  - PNG/JPEG (any image Pillow reads) of any size: converted to grayscale (transparent pixels
+    become background) and resized to [time_steps, features];
+  - .npy arrays [N, time_steps, features] or [time_steps, features], either uint8 0..255 or
+    floating point already scaled to 0..1 (the model's own input; values outside fail);
+  - IDX image files (.gz or not), uint8 [N, time_steps, features] like the MNIST files.
+`dark_on_light` inverts every input (1 - value after scaling), whatever its format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqmnist import onnx_meta
+from seqmnist.errors import DataError, SeqmnistError
+
+DEFAULT_BATCH_SIZE = 256
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+NPY_SUFFIX = ".npy"
+NPY_MAGIC = b"\x93NUMPY"
+GZIP_MAGIC = b"\x1f\x8b"
+IDX_UBYTE_CODE = 0x08
+FLOAT_SLACK = 1e-6
+PROVIDERS = ["CPUExecutionProvider"]
+
+
+class ModelFileError(SeqmnistError):
+    """The ONNX model file is missing, truncated, not ONNX, or not shaped like a seqmnist model."""
+
+
+class InputFileError(DataError):
+    """An input file cannot be read as an image, array or IDX file the model accepts."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classified image: where it came from and what the model says."""
+
+    source: str
+    index: int
+    label: str
+    probability: float
+    probabilities: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.source,
+            "index": self.index,
+            "label": self.label,
+            "probability": self.probability,
+            "probabilities": self.probabilities,
+        }
+
+
+def _static_dim(value: object) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+class Predictor:
+    """An onnxruntime session plus the model's input geometry and class labels."""
+
+    def __init__(self, model_path: Path | str) -> None:
+        import onnxruntime as ort
+
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ModelFileError(
+                f"{self.model_path}: ONNX model not found (run `dvc pull` or `dvc repro export`)"
+            )
+        if self.model_path.stat().st_size == 0:
+            raise ModelFileError(f"{self.model_path}: empty file; expected an ONNX model")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: warnings would clutter CLI output
+        try:
+            self.session = ort.InferenceSession(
+                str(self.model_path), sess_options=options, providers=PROVIDERS
+            )
+        except Exception as exc:  # onnxruntime raises its own, unexported exception types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(
+                f"{self.model_path}: not a readable ONNX model (truncated or another format?); "
+                f"onnxruntime said: {reason}"
+            ) from None
+        self.metadata = onnx_meta.decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self._check_interface()
+
+    def _check_interface(self) -> None:
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 3 or inputs[0].type != "tensor(float)":
+            described = [(item.name, item.shape, item.type) for item in inputs]
+            raise ModelFileError(
+                f"{self.model_path}: expected one float32 input [batch, time_steps, features]; "
+                f"the model has {described}"
+            )
+        self.input_name = inputs[0].name
+        time_steps, features = (_static_dim(dim) for dim in inputs[0].shape[1:])
+        if time_steps is None or features is None:
+            raise ModelFileError(
+                f"{self.model_path}: input {self.input_name!r} has shape {inputs[0].shape}; "
+                "expected fixed time_steps and features"
+            )
+        self.time_steps, self.features = time_steps, features
+        names = [output.name for output in self.session.get_outputs()]
+        probability_names = [name for name in names if "prob" in name.lower()]
+        self.output_name = (probability_names or names)[-1]
+        labels = self.metadata.get(onnx_meta.META_CLASS_LABELS)
+        num_classes = self.session.get_outputs()[names.index(self.output_name)].shape[-1]
+        if not isinstance(labels, list):
+            count = num_classes if isinstance(num_classes, int) else len(onnx_meta.CLASS_LABELS)
+            labels = [str(index) for index in range(count)]
+        self.class_labels: list[str] = [str(label) for label in labels]
+
+    def predict(self, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """Class probabilities [N, classes] for [N, T, F] (or one [T, F]) model inputs."""
+        if batch_size < 1:
+            raise SeqmnistError(f"batch size must be at least 1, got {batch_size}")
+        x = to_model_input(np.asarray(x), "array", self.time_steps, self.features)
+        chunks = [
+            self.session.run([self.output_name], {self.input_name: x[start : start + batch_size]})[
+                0
+            ]
+            for start in range(0, len(x), batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.class_labels)))
+
+
+def to_model_input(
+    array: np.ndarray, source: str, time_steps: int, features: int, invert: bool = False
+) -> np.ndarray:
+    """Validate and scale an array to float32 [N, T, F] in [0, 1] (uint8 is divided by 255)."""
+    expected = (
+        f"expected [N, {time_steps}, {features}] or [{time_steps}, {features}], "
+        f"uint8 0..255 or float 0..1"
+    )
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    if array.ndim != 3 or array.shape[1:] != (time_steps, features):
+        raise InputFileError(f"{source}: array of shape {array.shape}; {expected}")
+    if array.dtype == np.uint8:
+        scaled = array.astype(np.float32) / onnx_meta.PIXEL_MAX
+    elif np.issubdtype(array.dtype, np.floating):
+        scaled = array.astype(np.float32)
+        if scaled.size and not np.isfinite(scaled).all():
+            raise InputFileError(f"{source}: array holds NaN or infinite values; {expected}")
+        low, high = (float(scaled.min()), float(scaled.max())) if scaled.size else (0.0, 0.0)
+        if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
+            raise InputFileError(
+                f"{source}: float values span [{low:g}, {high:g}]; {expected} "
+                "(divide 0..255 pixels by 255, or save them as uint8)"
+            )
+    else:
+        raise InputFileError(f"{source}: array of dtype {array.dtype}; {expected}")
+    if invert:
+        scaled = 1.0 - scaled
+    return np.ascontiguousarray(scaled, dtype=np.float32)
+
+
+def _load_image(path: Path, time_steps: int, features: int, dark_on_light: bool) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    background = 255 if dark_on_light else 0
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                rgba = image.convert("RGBA")
+                canvas = Image.new("RGBA", rgba.size, (background,) * 3 + (255,))
+                image = Image.alpha_composite(canvas, rgba)
+            gray = image.convert("L").resize((features, time_steps), Image.Resampling.LANCZOS)
+            pixels = np.asarray(gray, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputFileError(
+            f"{path}: not a readable image ({exc}); expected a PNG or JPEG image, "
+            "a .npy array or an IDX image file"
+        ) from None
+    return to_model_input(pixels, str(path), time_steps, features, invert=dark_on_light)
+
+
+def _load_npy(path: Path, time_steps: int, features: int, dark_on_light: bool) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputFileError(
+            f"{path}: not a readable .npy array ({exc}); expected a numeric .npy file "
+            f"[N, {time_steps}, {features}] or [{time_steps}, {features}]"
+        ) from None
+    if not isinstance(array, np.ndarray):
+        raise InputFileError(f"{path}: an .npz archive, not a single .npy array")
+    return to_model_input(array, str(path), time_steps, features, invert=dark_on_light)
+
+
+def _load_idx(path: Path, time_steps: int, features: int, dark_on_light: bool) -> np.ndarray:
+    from seqmnist.idx import read_idx
+
+    array = read_idx(path)
+    if array.ndim not in (2, 3):
+        raise InputFileError(
+            f"{path}: IDX file with {array.ndim} dimension(s) {array.shape} (a label file?); "
+            f"expected an IDX image file [N, {time_steps}, {features}]"
+        )
+    return to_model_input(array, str(path), time_steps, features, invert=dark_on_light)
+
+
+def _looks_like_idx(head: bytes) -> bool:
+    """Two zero bytes, then the unsigned-byte type code: the IDX magic of MNIST files."""
+    return len(head) >= 4 and head[:2] == b"\x00\x00" and head[2] == IDX_UBYTE_CODE
+
+
+def load_inputs(
+    path: Path, time_steps: int, features: int, dark_on_light: bool = False
+) -> np.ndarray:
+    """Read one input file as float32 [N, time_steps, features] in [0, 1], by its content."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: input file not found")
+    with open(path, "rb") as handle:
+        head = handle.read(len(NPY_MAGIC))
+    if head.startswith(NPY_MAGIC):
+        return _load_npy(path, time_steps, features, dark_on_light)
+    if _looks_like_idx(head) or head.startswith(GZIP_MAGIC):
+        return _load_idx(path, time_steps, features, dark_on_light)
+    if path.suffix.lower() == NPY_SUFFIX:
+        raise InputFileError(f"{path}: not a .npy file (no NUMPY header)")
+    return _load_image(path, time_steps, features, dark_on_light)
+
+
+def classify(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    dark_on_light: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[Prediction]:
+    """Load every input, run them through the model in batches, one Prediction per image."""
+    arrays, sources = [], []
+    for path in paths:
+        array = load_inputs(path, predictor.time_steps, predictor.features, dark_on_light)
+        arrays.append(array)
+        sources += [(str(path), index) for index in range(len(array))]
+    if not arrays:
+        return []
+    probabilities = predictor.predict(np.concatenate(arrays), batch_size=batch_size)
+    predictions = []
+    for (source, index), row in zip(sources, probabilities, strict=True):
+        best = int(row.argmax())
+        predictions.append(
+            Prediction(
+                source=source,
+                index=index,
+                label=predictor.class_labels[best],
+                probability=float(row[best]),
+                probabilities=[round(float(value), 6) for value in row],
+            )
+        )
+    return predictions
+
+
+def main(args: argparse.Namespace) -> None:
+    """`seqmnist predict`: one line per image, or JSON with --json."""
+    predictor = Predictor(args.model)
+    predictions = classify(predictor, args.inputs, args.dark_on_light, args.batch_size)
+    if args.json:
+        payload = {
+            "model": str(args.model),
+            "class_labels": predictor.class_labels,
+            "predictions": [prediction.as_dict() for prediction in predictions],
+        }
+        print(json.dumps(payload, indent=2))
+        return
+    for prediction in predictions:
+        print(
+            f"{prediction.source}[{prediction.index}]: {prediction.label} "
+            f"({prediction.probability:.4f})"
+        )
