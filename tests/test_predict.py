@@ -125,10 +125,12 @@ def test_jpeg_dark_on_light_needs_the_flag(predictor: Predictor, tmp_path: Path)
 
 
 def test_cli_text_and_json(exported: TinyExport, tmp_path: Path, capsys) -> None:
-    png = bar_png(tmp_path / "a.png", 7, dark_on_light=False)
+    """--dark-on-light inverts the scan only: arrays in the same call stay as they are."""
+    png = bar_png(tmp_path / "a.png", 7, dark_on_light=True)
     arrays = tmp_path / "b.npy"
     np.save(arrays, synthetic_images(np.array([1, 2], np.uint8), np.random.default_rng(0)))
-    assert cli_main(["predict", str(png), str(arrays), "--model", str(exported.onnx_path)]) == 0
+    args = ["predict", str(png), str(arrays), "--dark-on-light", "--model", str(exported.onnx_path)]
+    assert cli_main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(" (")[0] for line in lines] == [
         f"{png}[0]: 7",

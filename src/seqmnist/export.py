@@ -46,6 +46,7 @@ EVAL_BATCH = 1000
 NATIVE_RECURRENT_OPS = {"LSTM": "LSTM"}
 LOOP_OP = "Loop"
 PROVIDERS = ["CPUExecutionProvider"]
+PUBLISHED_DIR_MODE = 0o755
 
 
 class ExportError(SeqmnistError):
@@ -309,6 +310,7 @@ def staged_dir(out_dir: Path) -> Iterator[Path]:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    staging.chmod(PUBLISHED_DIR_MODE)  # mkdtemp makes it owner-only; the result is shared
     try:
         yield staging
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")

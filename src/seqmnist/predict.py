@@ -14,13 +14,17 @@ Accepted inputs (pixel polarity as in MNIST: white digit on black, unless `dark_
   - .npy arrays [N, time_steps, features] or [time_steps, features], either uint8 0..255 or
     floating point already scaled to 0..1 (the model's own input; values outside fail);
   - IDX image files (.gz or not), uint8 [N, time_steps, features] like the MNIST files.
-`dark_on_light` inverts every input (1 - value after scaling), whatever its format.
+`dark_on_light` inverts pictures only (PNG/JPEG: scans and drawings are usually dark on light);
+.npy and IDX inputs are arrays in the model's own convention and are never inverted, so one call
+can mix a scanned picture with MNIST files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,7 +197,7 @@ def _load_image(path: Path, time_steps: int, features: int, dark_on_light: bool)
     return to_model_input(pixels, str(path), time_steps, features, invert=dark_on_light)
 
 
-def _load_npy(path: Path, time_steps: int, features: int, dark_on_light: bool) -> np.ndarray:
+def _load_npy(path: Path, time_steps: int, features: int) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -203,10 +207,10 @@ def _load_npy(path: Path, time_steps: int, features: int, dark_on_light: bool) -
         ) from None
     if not isinstance(array, np.ndarray):
         raise InputFileError(f"{path}: an .npz archive, not a single .npy array")
-    return to_model_input(array, str(path), time_steps, features, invert=dark_on_light)
+    return to_model_input(array, str(path), time_steps, features)
 
 
-def _load_idx(path: Path, time_steps: int, features: int, dark_on_light: bool) -> np.ndarray:
+def _load_idx(path: Path, time_steps: int, features: int) -> np.ndarray:
     from seqmnist.idx import read_idx
 
     array = read_idx(path)
@@ -215,7 +219,7 @@ def _load_idx(path: Path, time_steps: int, features: int, dark_on_light: bool) -
             f"{path}: IDX file with {array.ndim} dimension(s) {array.shape} (a label file?); "
             f"expected an IDX image file [N, {time_steps}, {features}]"
         )
-    return to_model_input(array, str(path), time_steps, features, invert=dark_on_light)
+    return to_model_input(array, str(path), time_steps, features)
 
 
 def _looks_like_idx(head: bytes) -> bool:
@@ -226,16 +230,19 @@ def _looks_like_idx(head: bytes) -> bool:
 def load_inputs(
     path: Path, time_steps: int, features: int, dark_on_light: bool = False
 ) -> np.ndarray:
-    """Read one input file as float32 [N, time_steps, features] in [0, 1], by its content."""
+    """Read one input file as float32 [N, time_steps, features] in [0, 1], by its content.
+
+    `dark_on_light` inverts pictures only; arrays (.npy, IDX) are taken as they are.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"{path}: input file not found")
     with open(path, "rb") as handle:
         head = handle.read(len(NPY_MAGIC))
     if head.startswith(NPY_MAGIC):
-        return _load_npy(path, time_steps, features, dark_on_light)
+        return _load_npy(path, time_steps, features)
     if _looks_like_idx(head) or head.startswith(GZIP_MAGIC):
-        return _load_idx(path, time_steps, features, dark_on_light)
+        return _load_idx(path, time_steps, features)
     if path.suffix.lower() == NPY_SUFFIX:
         raise InputFileError(f"{path}: not a .npy file (no NUMPY header)")
     return _load_image(path, time_steps, features, dark_on_light)
@@ -275,6 +282,15 @@ def main(args: argparse.Namespace) -> None:
     """`seqmnist predict`: one line per image, or JSON with --json."""
     predictor = Predictor(args.model)
     predictions = classify(predictor, args.inputs, args.dark_on_light, args.batch_size)
+    try:
+        _print(predictions, predictor, args)
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) stopped early: not an error; keep Python from complaining
+        # again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _print(predictions: list[Prediction], predictor: Predictor, args: argparse.Namespace) -> None:
     if args.json:
         payload = {
             "model": str(args.model),
