@@ -48,13 +48,13 @@ class TrainParams(_Frozen):
     seed: int = 42
     max_train_samples: PositiveInt | None = None
     model: ModelParams = ModelParams()
-    epochs: PositiveInt = 16
-    batch_size: PositiveInt = 128
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 256
     augment_max_shift: Annotated[int, Field(ge=0, le=8)] = 2
     learning_rate: PositiveFloat = 0.002
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
-    early_stopping_patience: PositiveInt = 4
+    early_stopping_patience: PositiveInt = 6
 
 
 class EvaluateParams(_Frozen):

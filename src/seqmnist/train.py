@@ -2,8 +2,8 @@
 
 Training runs one `fit` call per epoch so that each epoch's shuffle order is a pure function of
 (seed, epoch). After every epoch the full state (model with optimizer, early-stopping bookkeeping,
-best weights) is checkpointed under checkpoints/train/, a DVC `persist` output that DVC does not
-delete before the stage runs. A killed run therefore resumes at the next epoch and ends with the
+best weights, curves so far) is checkpointed under checkpoints/train/, deliberately not a DVC
+output: DVC deletes a stage's outputs before running it. A killed run therefore resumes at the next epoch and ends with the
 same model as an uninterrupted run.
 """
 
@@ -264,7 +264,6 @@ def run(
     show_bar = progress and sys.stderr.isatty()
     epoch_seconds: list[float] = []
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
-        live.log_params(params.model_dump())
         for metrics in state.history:  # DVC cleared dvclive/ before a resumed run: replay it
             _log_epoch(live, metrics)
         while state.next_epoch < params.epochs and not state.stopped_early:
@@ -324,7 +323,6 @@ def run(
         model.save(tmp)
     write_json(Path(info_path), info)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
     print(
         f"train: best epoch {state.best_epoch + 1}/{state.next_epoch}, "
         f"val loss {state.best_val_loss:.4f} -> {model_path}"
