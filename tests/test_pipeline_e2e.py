@@ -4,6 +4,7 @@ import json
 
 import pytest
 import yaml
+
 from conftest import QUICK_PARAMS, make_project, run
 
 pytestmark = pytest.mark.slow

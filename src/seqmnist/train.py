@@ -3,8 +3,8 @@
 Training runs one `fit` call per epoch so that each epoch's shuffle order is a pure function of
 (seed, epoch). After every epoch the full state (model with optimizer, early-stopping bookkeeping,
 best weights, curves so far) is checkpointed under checkpoints/train/, deliberately not a DVC
-output: DVC deletes a stage's outputs before running it. A killed run therefore resumes at the next epoch and ends with the
-same model as an uninterrupted run.
+output: DVC deletes a stage's outputs before running it. A killed run therefore resumes at the
+next epoch and ends with the same model as an uninterrupted run.
 """
 
 from __future__ import annotations
