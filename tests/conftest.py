@@ -95,9 +95,10 @@ def make_project(dest: Path, params_overrides: dict[str, object] | None = None) 
 
 
 QUICK_PARAMS: dict[str, object] = {
-    "train.max_train_samples": 1500,
+    "train.max_train_samples": 3000,
     "train.epochs": 2,
-    "train.batch_size": 128,
+    "train.batch_size": 64,
+    "train.learning_rate": 0.005,
     "train.model.units": 32,
     "train.model.input_projection": 32,
     "export.quantize_int8": True,

@@ -48,7 +48,7 @@ def test_quick_pipeline_then_param_change_diffs_across_commits(tmp_path, mnist_m
     run(["git", "commit", "-qm", "wider model"], project)
 
     params_diff = json.loads(run(["dvc", "params", "diff", "HEAD~1", "--json"], project).stdout)
-    assert params_diff["params.yaml"] == {"train.model.units": {"old": 32, "new": 48}}
+    assert params_diff["params.yaml"] == {"train.model.units": {"old": 32, "new": 48, "diff": 16}}
 
     metrics_diff = json.loads(run(["dvc", "metrics", "diff", "HEAD~1", "--json"], project).stdout)
     accuracy = metrics_diff["metrics/evaluate.json"]["accuracy"]
