@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqmnist.download import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
+from seqmnist.paths import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 
 UBYTE = 0x08
 NUM_CLASSES = 10

@@ -16,8 +16,9 @@ import pytest
 from idx_factory import gzip_bytes, sha256, tiny_mnist, write_gz_mirror
 from seqmnist import cli, download
 from seqmnist.config import DownloadParams
-from seqmnist.download import MNIST_SHA256, TRAIN_IMAGES, TRAIN_LABELS
+from seqmnist.download import MNIST_SHA256
 from seqmnist.errors import DownloadError
+from seqmnist.paths import TRAIN_IMAGES, TRAIN_LABELS
 
 ATTEMPTS = 2
 READ_TIMEOUT_S = 0.3

@@ -13,8 +13,8 @@ from idx_factory import idx_bytes, sha256, tiny_mnist, write_bytes, write_raw_di
 from seqmnist import idx, preprocess
 from seqmnist.config import PreprocessParams
 from seqmnist.dataset import SPLITS, load_split
-from seqmnist.download import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from seqmnist.errors import ConfigError, DataError
+from seqmnist.paths import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 
 ROWS, COLUMNS = 5, 7  # deliberately not 28 x 28: the shape must come from the data
 

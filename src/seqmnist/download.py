@@ -28,12 +28,7 @@ from tqdm import tqdm
 
 from seqmnist.config import DownloadParams
 from seqmnist.errors import DownloadError
-from seqmnist.paths import RAW_DIR
-
-TRAIN_IMAGES = "train-images-idx3-ubyte"
-TRAIN_LABELS = "train-labels-idx1-ubyte"
-TEST_IMAGES = "t10k-images-idx3-ubyte"
-TEST_LABELS = "t10k-labels-idx1-ubyte"
+from seqmnist.paths import RAW_DIR, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 
 # sha256 of each decompressed IDX payload: identical on every mirror, whatever its gzip settings.
 MNIST_SHA256: Mapping[str, str] = MappingProxyType(

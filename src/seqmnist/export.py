@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
-import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +22,7 @@ from seqmnist import __version__, onnx_meta
 from seqmnist.config import ExportParams
 from seqmnist.dataset import NUM_CLASSES, load_split
 from seqmnist.errors import DataError, SeqmnistError
-from seqmnist.io import write_json
+from seqmnist.io import atomic_dir, write_json
 from seqmnist.paths import (
     EVAL_METRICS,
     EXPORT_METRICS,
@@ -46,7 +41,6 @@ EVAL_BATCH = 1000
 NATIVE_RECURRENT_OPS = {"LSTM": "LSTM"}
 LOOP_OP = "Loop"
 PROVIDERS = ["CPUExecutionProvider"]
-PUBLISHED_DIR_MODE = 0o755
 
 
 class ExportError(SeqmnistError):
@@ -304,24 +298,6 @@ def quantize_int8(float_path: Path, int8_path: Path, facts: dict[str, Any]) -> N
     onnx.save(proto, int8_path)
 
 
-@contextmanager
-def staged_dir(out_dir: Path) -> Iterator[Path]:
-    """A temp folder beside `out_dir` that replaces it only if the block succeeds."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    staging.chmod(PUBLISHED_DIR_MODE)  # mkdtemp makes it owner-only; the result is shared
-    try:
-        yield staging
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
@@ -508,7 +484,7 @@ def run(
         "int8_argmax_disagreements": None,
     }
     del metrics["images"]
-    with staged_dir(out_dir) as staging:
+    with atomic_dir(out_dir) as staging:
         float_path = staging / FLOAT_NAME
         onnx.save(proto, float_path)
         sizes = {FLOAT_NAME: float_path.stat().st_size}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,31 @@ def atomic_path(target: Path) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty folder beside `target`; it replaces `target` only if the block succeeds.
+
+    Readers see the old folder or the new one, never a mix; a failure leaves the old one as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    holder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        staging = holder / target.name
+        staging.mkdir()  # usual permissions, unlike the owner-only holder
+        yield staging
+        previous = holder / "previous"
+        if target.exists():
+            os.replace(target, previous)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            os.replace(previous, target)
+            raise
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
 
 
 @contextmanager

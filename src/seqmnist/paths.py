@@ -8,6 +8,10 @@ from pathlib import Path
 PARAMS_FILE = Path("params.yaml")
 
 RAW_DIR = Path("data/raw")
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+TRAIN_LABELS = "train-labels-idx1-ubyte"
+TEST_IMAGES = "t10k-images-idx3-ubyte"
+TEST_LABELS = "t10k-labels-idx1-ubyte"
 PROCESSED_DIR = Path("data/processed")
 DATA_STATS = Path("metrics/data.json")
 

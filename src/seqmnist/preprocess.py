@@ -7,9 +7,6 @@ is all-or-nothing: data/processed is replaced as a whole once every split is wri
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,10 +16,17 @@ import numpy as np
 from seqmnist import idx
 from seqmnist.config import PreprocessParams
 from seqmnist.dataset import NUM_CLASSES, Split, split_paths
-from seqmnist.download import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from seqmnist.errors import ConfigError, DataError
-from seqmnist.io import write_json
-from seqmnist.paths import DATA_STATS, PROCESSED_DIR, RAW_DIR
+from seqmnist.io import atomic_dir, write_json
+from seqmnist.paths import (
+    DATA_STATS,
+    PROCESSED_DIR,
+    RAW_DIR,
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+)
 
 PIXEL_MAX = 255
 PIXEL_LEVELS = PIXEL_MAX + 1
@@ -161,36 +165,13 @@ def load_raw(raw_dir: Path = RAW_DIR) -> dict[str, Pair]:
     return pairs
 
 
-def _replace_dir(new: Path, target: Path, holder: Path) -> None:
-    """Put `new` where `target` is with two renames, parking the old one in `holder`."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    previous = holder / "previous"
-    os.replace(target, previous)
-    try:
-        os.replace(new, target)
-    except OSError:
-        os.replace(previous, target)
-        raise
-
-
 def write_splits(splits: Mapping[Split, Pair], out_dir: Path = PROCESSED_DIR) -> None:
     """Write every split as .npy sequences and labels, replacing `out_dir` only on success."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # A folder inside the private temp holder gets the usual permissions once moved into place.
-    holder = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        staging = holder / out_dir.name
-        staging.mkdir()
+    with atomic_dir(out_dir) as staging:
         for split, (images, labels) in splits.items():
             x_path, y_path = split_paths(split, staging)
             np.save(x_path, images_to_sequences(images), allow_pickle=False)
             np.save(y_path, labels.astype(np.uint8), allow_pickle=False)
-        _replace_dir(staging, out_dir, holder)
-    finally:
-        shutil.rmtree(holder, ignore_errors=True)
 
 
 def run(
