@@ -104,11 +104,10 @@ def test_version_reads_dvc_lock_params_and_metrics(toy: Path) -> None:
 
 
 def test_version_id_changes_with_each_input() -> None:
-    base = orch.version_id("abc", {"models/onnx": "1"}, {"train.epochs": 1})
-    assert base == orch.version_id("abc", {"models/onnx": "1"}, {"train.epochs": 1})
-    assert base != orch.version_id("abd", {"models/onnx": "1"}, {"train.epochs": 1})
-    assert base != orch.version_id("abc", {"models/onnx": "2"}, {"train.epochs": 1})
-    assert base != orch.version_id("abc", {"models/onnx": "1"}, {"train.epochs": 2})
+    base = orch.version_id({"models/onnx": "1"}, {"train.epochs": 1})
+    assert base == orch.version_id({"models/onnx": "1"}, {"train.epochs": 1})
+    assert base != orch.version_id({"models/onnx": "2"}, {"train.epochs": 1})
+    assert base != orch.version_id({"models/onnx": "1"}, {"train.epochs": 2})
 
 
 @pytest.mark.parametrize(

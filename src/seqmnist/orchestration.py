@@ -371,12 +371,14 @@ def read_params(root: Path) -> dict[str, Any]:
     return dict(sorted(flatten(dvc.api.params_show(repo=str(root))).items()))
 
 
-def version_id(
-    git_commit: str | None, outputs: Mapping[str, str], params: Mapping[str, Any]
-) -> str:
-    """A short id that changes exactly when the code commit, an output or a param changes."""
+def version_id(outputs: Mapping[str, str], params: Mapping[str, Any]) -> str:
+    """A short id that changes exactly when a data/model output or a param changes.
+
+    Content, not commit: committing dvc.lock after a run does not make the same model a new
+    version. The commit is kept in the record as provenance.
+    """
     payload = json.dumps(
-        {"git_commit": git_commit, "outputs": dict(outputs), "params": dict(params)},
+        {"outputs": dict(outputs), "params": dict(params)},
         sort_keys=True,
         default=str,
     )
@@ -389,7 +391,7 @@ def build_version(root: Path, now: datetime | None = None) -> dict[str, Any]:
     outputs = read_output_hashes(root)
     params = read_params(root)
     return {
-        "version": version_id(git["git_commit"], outputs, params),
+        "version": version_id(outputs, params),
         "recorded_at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
         "git_commit": git["git_commit"],
         "git_dirty": git["git_dirty"],
