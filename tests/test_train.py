@@ -11,12 +11,13 @@ import pytest
 
 from seqmnist.config import ConfigError, TrainParams, parse_params
 from seqmnist.errors import DataError
-from seqmnist.train import CHECKPOINT_STATE, epoch_order, run, subset_indices
+from seqmnist.train import CHECKPOINT_STATE, epoch_order, run, shift_images, subset_indices
 from tiny_data import FEATURES, TIME_STEPS, write_processed
 
 TINY = {
     "epochs": 3,
     "batch_size": 32,
+    "augment_max_shift": 0,  # the tiny task encodes the label in a row's position
     "warmup_epochs": 1,
     "early_stopping_patience": 5,
     "model": {"units": 12, "input_projection": 8},
@@ -193,3 +194,17 @@ def test_subset_is_seeded_and_capped():
     assert subset_indices(10, None, 0).tolist() == list(range(10))
     picked = subset_indices(100, 7, 0)
     assert len(picked) == 7 and picked.tolist() == subset_indices(100, 7, 0).tolist()
+
+
+def test_shift_images_moves_content_within_bounds_and_zero_fills():
+    image = np.zeros((1, 6, 5), np.float32)
+    image[0, 2, 3] = 1.0
+    shifted = shift_images(np.repeat(image, 200, axis=0), 2, np.random.default_rng(0))
+    assert shifted.shape == (200, 6, 5) and shifted.dtype == np.float32
+    rows, columns = np.nonzero(shifted.sum(axis=0))
+    assert set(rows) == {0, 1, 2, 3, 4} and set(columns) == {1, 2, 3, 4}
+    kept = shifted.reshape(200, -1).sum(axis=1)
+    assert set(kept.tolist()) == {0.0, 1.0}, "the pixel lands once, or falls off the right edge"
+    again = shift_images(np.repeat(image, 200, axis=0), 2, np.random.default_rng(0))
+    np.testing.assert_array_equal(shifted, again)
+    assert shift_images(image, 0, np.random.default_rng(0)) is image
