@@ -64,10 +64,34 @@ def run(cmd: list[str], cwd: Path, timeout: float = 900, **env: str) -> subproce
     return done
 
 
-def make_project(dest: Path, params_overrides: dict[str, object] | None = None) -> Path:
-    """A fresh git+DVC repository holding a copy of this project's pipeline."""
+def set_params(project: Path, overrides: dict[str, object]) -> None:
+    """Write dotted overrides (``train.model.units``) into a project's params.yaml."""
     import yaml
 
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def init_repo(dest: Path, message: str) -> Path:
+    """Turn a folder into a git+DVC repository with everything in it committed."""
+    run(["git", "init", "-q"], dest)
+    run(["git", "config", "user.email", "tests@seqmnist.invalid"], dest)
+    run(["git", "config", "user.name", "seqmnist tests"], dest)
+    run(["dvc", "init", "-q"], dest)
+    run(["dvc", "config", "core.analytics", "false"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", message], dest)
+    return dest
+
+
+def make_project(dest: Path, params_overrides: dict[str, object] | None = None) -> Path:
+    """A fresh git+DVC repository holding a copy of this project's pipeline."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         source = PROJECT_ROOT / name
@@ -76,22 +100,8 @@ def make_project(dest: Path, params_overrides: dict[str, object] | None = None) 
         else:
             shutil.copy2(source, dest / name)
     if params_overrides:
-        params = yaml.safe_load((dest / "params.yaml").read_text())
-        for dotted, value in params_overrides.items():
-            node = params
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                node = node[key]
-            node[leaf] = value
-        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], dest)
-    run(["git", "config", "user.email", "tests@seqmnist.invalid"], dest)
-    run(["git", "config", "user.name", "seqmnist tests"], dest)
-    run(["dvc", "init", "-q"], dest)
-    run(["dvc", "config", "core.analytics", "false"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-qm", "pipeline"], dest)
-    return dest
+        set_params(dest, params_overrides)
+    return init_repo(dest, "pipeline")
 
 
 QUICK_PARAMS: dict[str, object] = {

@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 import yaml
 
-from conftest import PROJECT_ROOT, run
+from conftest import PROJECT_ROOT, init_repo
 
 PIPELINE_FILE = PROJECT_ROOT / "flows" / "pipeline.py"
 HARNESS_TIMEOUT_S = 60
@@ -95,14 +95,7 @@ def make_toy_project(dest: Path, params: dict | None = None) -> Path:
     (dest / "dvc.yaml").write_text(yaml.safe_dump(TOY_DVC_YAML, sort_keys=False))
     (dest / "params.yaml").write_text(yaml.safe_dump(params or TOY_PARAMS, sort_keys=False))
     (dest / ".gitignore").write_text("/versions/\n/models/promoted/\n")
-    run(["git", "init", "-q"], dest)
-    run(["git", "config", "user.email", "tests@seqmnist.invalid"], dest)
-    run(["git", "config", "user.name", "seqmnist tests"], dest)
-    run(["dvc", "init", "-q"], dest)
-    run(["dvc", "config", "core.analytics", "false"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-qm", "toy pipeline"], dest)
-    return dest
+    return init_repo(dest, "toy pipeline")
 
 
 def load_pipeline() -> ModuleType:

@@ -3,21 +3,10 @@
 import json
 
 import pytest
-import yaml
 
-from conftest import QUICK_PARAMS, make_project, run
+from conftest import QUICK_PARAMS, make_project, run, set_params
 
 pytestmark = pytest.mark.slow
-
-
-def set_param(project, dotted: str, value) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    node = params
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def test_quick_pipeline_then_param_change_diffs_across_commits(tmp_path, mnist_mirror):
@@ -42,7 +31,7 @@ def test_quick_pipeline_then_param_change_diffs_across_commits(tmp_path, mnist_m
     status = run(["dvc", "status"], project).stdout
     assert "up to date" in status
 
-    set_param(project, "train.model.units", 48)
+    set_params(project, {"train.model.units": 48})
     run(["dvc", "repro"], project, **env)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "wider model"], project)
