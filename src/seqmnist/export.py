@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from seqmnist import __version__, onnx_meta
+from seqmnist import __version__, onnx_graph, onnx_meta
 from seqmnist.config import ExportParams
 from seqmnist.dataset import NUM_CLASSES, load_split
 from seqmnist.errors import DataError, SeqmnistError
@@ -437,7 +437,11 @@ def run(
             f"[time_steps, features] = {(time_steps, features)}"
         )
 
-    proto = convert(model, params.opset, time_steps, features)
+    rewrite = onnx_graph.streamline_lstm(
+        convert(model, params.opset, time_steps, features), time_steps, features
+    )
+    proto = rewrite.model
+    print(f"export: graph {rewrite.note}")
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -473,6 +477,7 @@ def run(
     metrics: dict[str, Any] = {
         "opset": params.opset,
         "recurrent_cells": cells,
+        "graph_rewrite": rewrite.note,
         "op_types": counts,
         "keras_test_accuracy": test_metrics["keras_accuracy"],
         "onnx_test_accuracy": test_metrics["onnx_accuracy"],
