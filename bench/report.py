@@ -110,19 +110,7 @@ def _inference(inference: dict) -> list[str]:
         )
     best = inference["best_session_variant"]
     rows += ["", f"Best: batch 1 `{best['b1_latency']}`, batch 256 `{best['b256_throughput']}`."]
-    lean = inference.get("lean_rewrite", {})
-    if lean:
-        rows += [
-            "",
-            f"Lean graph rewrite of our model (projection folded into the LSTM, raw rows "
-            f"transposed, no zero-state subgraph, Y_h read): {lean['status']}"
-            + (
-                f", {lean['nodes']} nodes, max |logit diff| {lean['max_abs_logit_diff']:.1e}"
-                if "nodes" in lean
-                else ""
-            )
-            + ".",
-        ]
+
     for name, graph in inference["graphs"].items():
         after = graph["after_ort_optimization"]
         after_text = (

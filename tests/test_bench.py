@@ -49,7 +49,9 @@ def test_quick_mode_writes_every_figure(tmp_path: Path) -> None:
     assert inference["runtimes"]["ours (ORT)"]["b1_latency"]["median"] > 0
     assert "keras predict" in inference["runtimes"]
     assert inference["best_session_variant"]["b1_latency"] in inference["session_variants"]
-    assert inference["graphs"]["ours"]["recurrent"], "the export has no native recurrent op"
+    shipped = inference["graphs"]["ours (shipped)"]
+    assert shipped["recurrent"], "the export has no native recurrent op"
+    assert "ours as converted by tf2onnx, not streamlined (ORT)" in inference["runtimes"]
     assert "status" in sections["accuracy"]
 
 
