@@ -27,15 +27,18 @@ from seqmnist.paths import (
     EVAL_METRICS,
     EXPORT_METRICS,
     KERAS_MODEL,
+    MODEL_CARD,
     MODEL_INFO,
     ONNX_DIR,
+    ONNX_INT8_MODEL,
+    ONNX_MODEL,
     PROCESSED_DIR,
 )
 from seqmnist.provenance import data_checksums, git_version
 
-FLOAT_NAME = "model.onnx"
-INT8_NAME = "model.int8.onnx"
-CARD_NAME = "MODEL_CARD.md"
+FLOAT_NAME = ONNX_MODEL.name
+INT8_NAME = ONNX_INT8_MODEL.name
+CARD_NAME = MODEL_CARD.name
 EVAL_BATCH = 1000
 # Recurrent cells that tf2onnx must turn into the native ONNX op of the same name.
 NATIVE_RECURRENT_OPS = {"LSTM": "LSTM"}
