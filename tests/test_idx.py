@@ -11,6 +11,7 @@ import pytest
 from idx_factory import idx_bytes, idx_header, write_bytes
 from seqmnist import idx
 from seqmnist.errors import DataError
+from seqmnist.io import file_sha256
 
 IMAGES = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
 LABELS = np.array([0, 9, 4], dtype=np.uint8)
@@ -149,4 +150,4 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_file_sha256(tmp_path: Path) -> None:
     path = write_bytes(tmp_path / "data", b"abc")
     expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    assert idx.file_sha256(path) == expected
+    assert file_sha256(path) == expected

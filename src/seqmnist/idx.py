@@ -9,7 +9,6 @@ absurd size is rejected before anything is allocated for it.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import struct
 import zlib
 from dataclasses import dataclass
@@ -165,12 +164,3 @@ def read_images(path: Path) -> np.ndarray:
 def read_labels(path: Path) -> np.ndarray:
     """An IDX label file: uint8 [N]."""
     return read_idx(path, expected_ndim=LABELS_NDIM)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(READ_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 FILE_MODE = 0o666
+HASH_CHUNK = 1 << 20
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -75,3 +77,12 @@ def write_json(target: Path, payload: Any) -> None:
     data = (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode()
     with atomic_open(target) as handle:
         handle.write(data)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

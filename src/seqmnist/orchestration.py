@@ -30,7 +30,7 @@ import yaml
 
 from seqmnist.config import GateParams
 from seqmnist.errors import ConfigError, SeqmnistError
-from seqmnist.io import atomic_path, write_json
+from seqmnist.io import atomic_path, file_sha256, write_json
 from seqmnist.paths import EVAL_METRICS, MODEL_CARD, ONNX_MODEL, PARAMS_FILE, PROMOTED_DIR
 from seqmnist.provenance import git_version
 from seqmnist.versions import HISTORY_FILE, append_run, load_history, previous_version
@@ -41,8 +41,8 @@ DEFAULT_SYNC_TIMEOUT_S = 1800.0
 KILL_GRACE_S = 10.0
 GATE_METRICS_FILE = EVAL_METRICS
 GATE_METRIC = "accuracy"
-PROMOTED_MODEL_NAME = "model.onnx"
-PROMOTED_CARD_NAME = "MODEL_CARD.md"
+PROMOTED_MODEL_NAME = ONNX_MODEL.name
+PROMOTED_CARD_NAME = MODEL_CARD.name
 PROMOTED_POINTER_NAME = "version.json"
 VERSION_ID_LENGTH = 12
 # dvc prints this for each stage it actually runs; its absence means DVC skipped the stage.
@@ -465,14 +465,6 @@ def gate_decision(
     return GateDecision(True, f"promoted: test accuracy {accuracy:.4f} passed the gate")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _copy_atomically(source: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
@@ -501,7 +493,7 @@ def promote(root: Path, record: Mapping[str, Any], now: datetime | None = None) 
         "recorded_at": record.get("recorded_at"),
         "promoted_at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
         "model": PROMOTED_MODEL_NAME,
-        "model_sha256": _sha256(target / PROMOTED_MODEL_NAME),
+        "model_sha256": file_sha256(target / PROMOTED_MODEL_NAME),
         "source": ONNX_MODEL.as_posix(),
     }
     write_json(target / PROMOTED_POINTER_NAME, pointer)

@@ -17,7 +17,7 @@ from seqmnist import idx
 from seqmnist.config import PreprocessParams
 from seqmnist.dataset import NUM_CLASSES, Split, split_paths
 from seqmnist.errors import ConfigError, DataError
-from seqmnist.io import atomic_dir, write_json
+from seqmnist.io import atomic_dir, file_sha256, write_json
 from seqmnist.paths import (
     DATA_STATS,
     PROCESSED_DIR,
@@ -191,9 +191,7 @@ def run(
         "test": raw["test"],
     }
     write_splits(splits, out_dir)
-    sources = {
-        name: idx.file_sha256(raw_dir / name) for pair in RAW_FILES.values() for name in pair
-    }
+    sources = {name: file_sha256(raw_dir / name) for pair in RAW_FILES.values() for name in pair}
     stats = dataset_stats(splits, sources)
     write_json(stats_path, stats)
     return stats
