@@ -1,6 +1,6 @@
 """Training throughput: our Keras training path against the same architecture in PyTorch, A/B/A/B.
 
-Ours is what the `train` stage runs: seed_everything, build_model and compile_model with the
+Ours is what the `train` stage runs: seed_everything, new_training_model and compile_model with the
 params.yaml defaults, each epoch shuffled and augmented in numpy (untimed, as in train.run), then
 one timed `model.fit` over the tf.data pipeline train.py builds. PyTorch trains on the same epoch
 arrays with the same batch size. The two alternate round by round so that a burst of load from
@@ -69,12 +69,11 @@ class KerasTrainer:
     """Our training stage's code path, one `fit` call per epoch as train.run makes it."""
 
     def __init__(self, params: TrainParams, steps_per_epoch: int) -> None:
-        from seqmnist.model import build_model
-        from seqmnist.train import compile_model, seed_everything
+        from seqmnist.train import compile_model, new_training_model, seed_everything
 
         seed_everything(params.seed)
         self.params = params
-        self.model = build_model(params.model, TIME_STEPS, FEATURES, NUM_CLASSES)
+        self.model = new_training_model(params, TIME_STEPS, FEATURES)
         compile_model(self.model, params, steps_per_epoch)
 
     def epoch(self, x: np.ndarray, y: np.ndarray) -> float:

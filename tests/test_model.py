@@ -36,3 +36,16 @@ def test_lstm_defaults_avoid_recurrent_dropout():
     model = build_model(ModelParams(), 28, 28)
     lstm = model.get_layer("lstm_0")
     assert lstm.recurrent_dropout == 0
+
+
+@pytest.mark.parametrize(("cell", "layers", "bidirectional"), [("lstm", 1, False), ("gru", 2, True)])
+def test_unrolled_and_rolled_models_compute_the_same_function(cell, layers, bidirectional):
+    params = ModelParams(
+        cell=cell, units=8, layers=layers, bidirectional=bidirectional, input_projection=6
+    )
+    rolled = build_model(params, time_steps=5, features=7)
+    unrolled = build_model(params, time_steps=5, features=7, unroll=True)
+    unrolled.set_weights(rolled.get_weights())
+    rows = np.random.default_rng(0).uniform(0, 1, (4, 5, 7)).astype(np.float32)
+    np.testing.assert_allclose(unrolled(rows), rolled(rows), atol=1e-6)
+    assert all(getattr(layer, "unroll", True) for layer in unrolled.layers if cell in layer.name)

@@ -64,6 +64,15 @@ def test_two_runs_give_identical_weights_and_metrics(tmp_path, processed):
     assert not (tmp_path / "a/checkpoints").exists(), "checkpoints are cleared after success"
 
 
+def test_saved_model_is_rolled_for_export(tmp_path, processed):
+    import keras
+
+    train_into(tmp_path, processed, epochs=2)
+    model = keras.models.load_model(tmp_path / "model.keras")
+    recurrent = [layer for layer in model.layers if hasattr(layer, "unroll")]
+    assert recurrent and not any(layer.unroll for layer in recurrent)
+
+
 def test_training_learns_the_tiny_task(tmp_path, processed):
     info = train_into(tmp_path, processed, epochs=6, learning_rate=0.01)
     history = json.loads((tmp_path / "live/metrics.json").read_text())

@@ -15,9 +15,17 @@ RECURRENT_CELLS = {
 
 
 def build_model(
-    params: ModelParams, time_steps: int, features: int, num_classes: int = 10
+    params: ModelParams,
+    time_steps: int,
+    features: int,
+    num_classes: int = 10,
+    unroll: bool = False,
 ) -> keras.Model:
     """Build the classifier; it outputs logits, softmax is applied by the loss and at export.
+
+    `unroll=True` writes the time loop out step by step instead of a while loop: same weights and
+    function, faster to train on CPU (bench/README.md), but tf2onnx can only turn the rolled form
+    into one ONNX LSTM op, so saved and exported models are always rolled.
 
     Shapes: rows [batch, time_steps, features]
       -> optional projection  [batch, time_steps, input_projection]
@@ -31,7 +39,12 @@ def build_model(
     cell = RECURRENT_CELLS[params.cell]
     for index in range(params.layers):
         is_last = index == params.layers - 1
-        recurrent = cell(params.units, return_sequences=not is_last, name=f"{params.cell}_{index}")
+        recurrent = cell(
+            params.units,
+            return_sequences=not is_last,
+            unroll=unroll,
+            name=f"{params.cell}_{index}",
+        )
         if params.bidirectional:
             recurrent = layers.Bidirectional(recurrent, name=f"bi_{params.cell}_{index}")
         hidden = recurrent(hidden)

@@ -150,6 +150,22 @@ def compile_model(model, params: TrainParams, steps_per_epoch: int) -> None:
     )
 
 
+def new_training_model(params: TrainParams, time_steps: int, features: int):
+    """The model `fit` trains: unrolled over the time steps (faster on CPU, bench/README.md)."""
+    from seqmnist.model import build_model
+
+    return build_model(params.model, time_steps, features, NUM_CLASSES, unroll=True)
+
+
+def rolled_copy(model, params: TrainParams, time_steps: int, features: int):
+    """The same weights in the rolled form that is saved and exported (one ONNX LSTM op)."""
+    from seqmnist.model import build_model
+
+    rolled = build_model(params.model, time_steps, features, NUM_CLASSES)
+    rolled.set_weights(model.get_weights())
+    return rolled
+
+
 def seed_everything(seed: int) -> None:
     """Same seed, same data, same code: same weights (deterministic TF ops on)."""
     import keras
@@ -242,8 +258,6 @@ def run(
     import keras
     from dvclive import Live
 
-    from seqmnist.model import build_model
-
     EpochProgress = _epoch_progress_class()
 
     seed_everything(params.seed)
@@ -254,7 +268,7 @@ def run(
     if state is None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         state = TrainingState(fingerprint=expected)
-        model = build_model(params.model, time_steps, features, NUM_CLASSES)
+        model = new_training_model(params, time_steps, features)
         compile_model(model, params, steps_per_epoch)
     else:
         print(f"train: resuming from {checkpoint_dir} at epoch {state.next_epoch + 1}")
@@ -320,7 +334,7 @@ def run(
     }
     model_path = Path(model_path)
     with atomic_path(model_path) as tmp:
-        model.save(tmp)
+        rolled_copy(model, params, time_steps, features).save(tmp)
     write_json(Path(info_path), info)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     print(
