@@ -41,6 +41,14 @@ def _isolated_tool_homes(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny trained-and-exported model (tests/tiny_export.py), built once per session."""
+    from tiny_export import build_tiny_export
+
+    return build_tiny_export(tmp_path_factory.mktemp("tiny_export"))
+
+
+@pytest.fixture(scope="session")
 def mnist_mirror() -> Path:
     """The real MNIST files, laid out as a mirror (../shared/mnist beside the checkout)."""
     mirror = Path(os.environ.get("SEQMNIST_MIRROR", SHARED_MNIST))

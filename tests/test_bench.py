@@ -72,3 +72,16 @@ def test_quick_pipeline_overhead(tmp_path: Path, mnist_mirror: Path) -> None:
     pipeline = result["sections"]["pipeline"]
     assert pipeline["first_repro_s"] > 0
     assert pipeline["dvc_repro_noop"]["median"] > 0
+
+
+def test_training_profile_lists_ops_and_the_matmul_share() -> None:
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "bench" / "profile_training.py"), "--steps", "2"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "MatMul" in done.stdout
+    assert "matrix products:" in done.stdout and "% of op time" in done.stdout

@@ -1,156 +1,34 @@
 """`export` stage: conversion, parity with Keras, op types, metadata, model card, int8 variant.
 
-One tiny LSTM model (projection 16, LSTM 16) is trained for two quick epochs on a synthetic,
-easily learnable data set written per the dataset.py contract, exported once, and shared by
-these tests and tests/test_predict.py through `tiny_export` (cached per test session).
+Most tests inspect the tiny model that the `tiny_export` fixture (tests/tiny_export.py) trains
+and exports once per session.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 
 from seqmnist import onnx_meta
 from seqmnist.config import ExportParams, ModelParams
-from seqmnist.dataset import NUM_CLASSES, SPLITS, split_paths
 from seqmnist.errors import SeqmnistError
-
-TIME_STEPS = FEATURES = 28
-SPLIT_SIZES = {"train": 3000, "val": 200, "test": 500}
-TINY = ModelParams(cell="lstm", units=16, input_projection=16)
-TRAIN_EPOCHS = 2
-TRAIN_BATCH = 64
-LEARNING_RATE = 0.01
-SEED = 7
-# Dynamic int8 quantization may cost a little accuracy; on this easy data set more than two
-# points would mean a broken quantized graph, not rounding.
-INT8_ACCURACY_TOLERANCE = 0.02
-BAR_WIDTH = 2
-BAR_OFFSET = 4
-NOISE = 0.1
-FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Class k is a bright vertical bar at column 4 + 2k over a random run of rows, plus noise."""
-    x = rng.uniform(0, NOISE, size=(len(labels), TIME_STEPS, FEATURES)).astype(np.float32)
-    for image, label in zip(x, labels, strict=True):
-        top = rng.integers(0, TIME_STEPS // 3)
-        bottom = rng.integers(2 * TIME_STEPS // 3, TIME_STEPS + 1)
-        column = BAR_OFFSET + BAR_WIDTH * int(label)
-        image[top:bottom, column : column + BAR_WIDTH] = rng.uniform(0.8, 1.0)
-    return x
-
-
-def write_processed(processed_dir: Path, seed: int = SEED) -> None:
-    """Write train/val/test splits per the dataset.py contract."""
-    rng = np.random.default_rng(seed)
-    processed_dir.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        labels = rng.integers(0, NUM_CLASSES, SPLIT_SIZES[split]).astype(np.uint8)
-        x_path, y_path = split_paths(split, processed_dir)
-        np.save(x_path, synthetic_images(labels, rng))
-        np.save(y_path, labels)
-
-
-def train_tiny(processed_dir: Path, model_path: Path, params: ModelParams = TINY) -> None:
-    """Train a tiny model quickly (not via train.run: these tests are about export only)."""
-    import keras
-
-    from seqmnist.dataset import load_split
-    from seqmnist.model import build_model
-
-    keras.utils.set_random_seed(SEED)
-    x, y = load_split("train", processed_dir)
-    model = build_model(params, TIME_STEPS, FEATURES)
-    model.compile(
-        optimizer=keras.optimizers.Adam(LEARNING_RATE),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    model.fit(x, y, epochs=TRAIN_EPOCHS, batch_size=TRAIN_BATCH, verbose=0)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(model_path)
-
-
-def write_model_info(info_path: Path, params: ModelParams) -> dict[str, Any]:
-    """model_info.json as the train stage writes it (keys the export reads)."""
-    info = {
-        "git_commit": FAKE_COMMIT,
-        "git_dirty": False,
-        "params": {"model": params.model_dump(), "epochs": TRAIN_EPOCHS},
-        "data_sha256": {"t10k-images-idx3-ubyte.gz": "ab" * 32},
-        "input_shape": [TIME_STEPS, FEATURES],
-    }
-    info_path.write_text(json.dumps(info))
-    return info
-
-
-@dataclass(frozen=True)
-class TinyExport:
-    root: Path
-    processed_dir: Path
-    model_path: Path
-    out_dir: Path
-    metrics_path: Path
-    info_path: Path
-    eval_path: Path
-    metrics: dict[str, Any]
-
-    @property
-    def onnx_path(self) -> Path:
-        return self.out_dir / "model.onnx"
-
-    @property
-    def int8_path(self) -> Path:
-        return self.out_dir / "model.int8.onnx"
-
-    def run_export(self, params: ExportParams, out_dir: Path, metrics_path: Path) -> dict:
-        from seqmnist import export
-
-        return export.run(
-            params,
-            model_path=self.model_path,
-            processed_dir=self.processed_dir,
-            out_dir=out_dir,
-            metrics_path=metrics_path,
-            info_path=self.info_path,
-            eval_metrics_path=self.eval_path,
-        )
-
-
-_CACHE: dict[str, TinyExport] = {}
-
-
-def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> TinyExport:
-    """Train and export the tiny model once per test session (shared with test_predict.py)."""
-    if "lstm" not in _CACHE:
-        root = tmp_path_factory.mktemp("tiny_export")
-        processed = root / "data" / "processed"
-        write_processed(processed)
-        model_path = root / "models" / "keras" / "model.keras"
-        train_tiny(processed, model_path)
-        info_path = model_path.parent / "model_info.json"
-        write_model_info(info_path, TINY)
-        eval_path = root / "metrics" / "evaluate.json"
-        eval_path.parent.mkdir(parents=True)
-        eval_path.write_text(json.dumps({"accuracy": 0.5, "loss": 1.0}))
-        partial = TinyExport(
-            root, processed, model_path, root / "models" / "onnx",
-            root / "metrics" / "export.json", info_path, eval_path, {},
-        )  # fmt: skip
-        metrics = partial.run_export(ExportParams(), partial.out_dir, partial.metrics_path)
-        _CACHE["lstm"] = TinyExport(**{**partial.__dict__, "metrics": metrics})
-    return _CACHE["lstm"]
+from tiny_export import (
+    FAKE_COMMIT,
+    FEATURES,
+    INT8_ACCURACY_TOLERANCE,
+    SEED,
+    SPLIT_SIZES,
+    TIME_STEPS,
+    TINY,
+    TinyExport,
+)
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> TinyExport:
-    return tiny_export(tmp_path_factory)
+def exported(tiny_export: TinyExport) -> TinyExport:
+    return tiny_export
 
 
 def test_writes_model_card_int8_and_metrics(exported: TinyExport) -> None:

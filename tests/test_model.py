@@ -38,7 +38,9 @@ def test_lstm_defaults_avoid_recurrent_dropout():
     assert lstm.recurrent_dropout == 0
 
 
-@pytest.mark.parametrize(("cell", "layers", "bidirectional"), [("lstm", 1, False), ("gru", 2, True)])
+@pytest.mark.parametrize(
+    ("cell", "layers", "bidirectional"), [("lstm", 1, False), ("gru", 2, True)]
+)
 def test_unrolled_and_rolled_models_compute_the_same_function(cell, layers, bidirectional):
     params = ModelParams(
         cell=cell, units=8, layers=layers, bidirectional=bidirectional, input_projection=6

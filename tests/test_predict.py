@@ -1,7 +1,7 @@
 """The downstream predictor: onnxruntime only, PNG/JPEG/npy/IDX inputs, clear errors, no TF.
 
-Uses the tiny LSTM model that tests/test_export.py trains on synthetic bars (class k is a bright
-vertical bar at column 4 + 2k) and exports; it classifies those bars perfectly.
+Uses the tiny LSTM model of the `tiny_export` fixture (tests/tiny_export.py), trained on bar
+images (class k is a bright vertical bar at column 4 + 2k); it classifies those bars perfectly.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import pytest
 from seqmnist.cli import main as cli_main
 from seqmnist.errors import SeqmnistError
 from seqmnist.predict import Predictor, classify, load_inputs
-from test_export import BAR_OFFSET, BAR_WIDTH, TinyExport, synthetic_images, tiny_export
+from tiny_data import BAR_OFFSET, BAR_SIZE, BAR_WIDTH, bar_images
+from tiny_export import TinyExport
 
 DIGIT = 3
 PNG_SIZE = (84, 56)  # width, height: neither 28 nor square
@@ -29,8 +30,8 @@ IDX_LABELS_MAGIC = 0x00000801
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> TinyExport:
-    return tiny_export(tmp_path_factory)
+def exported(tiny_export: TinyExport) -> TinyExport:
+    return tiny_export
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def predictor(exported: TinyExport) -> Predictor:
 def samples() -> tuple[np.ndarray, np.ndarray]:
     """Twenty synthetic images in [0, 1] with their labels (two of each class)."""
     labels = np.repeat(np.arange(10), 2).astype(np.uint8)
-    return synthetic_images(labels, np.random.default_rng(11)), labels
+    return bar_images(labels, np.random.default_rng(11)), labels
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = False) -> Path:
@@ -57,7 +58,7 @@ def bar_png(path: Path, digit: int, dark_on_light: bool) -> Path:
     from PIL import Image, ImageDraw
 
     width, height = PNG_SIZE
-    scale = width / 28
+    scale = width / BAR_SIZE
     background, ink = (255, 0) if dark_on_light else (0, 255)
     image = Image.new("L", PNG_SIZE, background)
     left = (BAR_OFFSET + BAR_WIDTH * digit) * scale
@@ -128,7 +129,7 @@ def test_cli_text_and_json(exported: TinyExport, tmp_path: Path, capsys) -> None
     """--dark-on-light inverts the scan only: arrays in the same call stay as they are."""
     png = bar_png(tmp_path / "a.png", 7, dark_on_light=True)
     arrays = tmp_path / "b.npy"
-    np.save(arrays, synthetic_images(np.array([1, 2], np.uint8), np.random.default_rng(0)))
+    np.save(arrays, bar_images(np.array([1, 2], np.uint8), np.random.default_rng(0)))
     args = ["predict", str(png), str(arrays), "--dark-on-light", "--model", str(exported.onnx_path)]
     assert cli_main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -240,7 +241,7 @@ def test_predict_never_imports_tensorflow(exported: TinyExport, tmp_path: Path) 
     """Downstream users have onnxruntime and nothing else: API and CLI must not pull in TF."""
     png = bar_png(tmp_path / "digit.png", DIGIT, dark_on_light=True)
     npy = tmp_path / "x.npy"
-    np.save(npy, synthetic_images(np.array([4], np.uint8), np.random.default_rng(1)))
+    np.save(npy, bar_images(np.array([4], np.uint8), np.random.default_rng(1)))
     idx = write_idx(tmp_path / "x-idx3-ubyte.gz", np.zeros((2, 28, 28)), IDX_IMAGES_MAGIC, True)
     script = textwrap.dedent(
         f"""
