@@ -26,16 +26,24 @@ def history(project: Path) -> list[dict]:
     return versions.load_history(project / VERSIONS_FILE)
 
 
+def failing_toy_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str, times: int
+) -> tuple[Path, Path]:
+    """A toy project whose `stage` fails its next `times` runs (count kept in the returned file)."""
+    project = make_toy_project(tmp_path / "toy")
+    failures = tmp_path / "failures"
+    failures.write_text(str(times))
+    monkeypatch.setenv("TOY_FAIL_FILE", str(failures))
+    monkeypatch.setenv("TOY_FAIL_STAGE", stage)
+    return project, failures
+
+
 def test_transient_stage_failure_is_retried(
     pipeline: ModuleType,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    project = make_toy_project(tmp_path / "toy")
-    failures = tmp_path / "failures"
-    failures.write_text("1")
-    monkeypatch.setenv("TOY_FAIL_FILE", str(failures))
-    monkeypatch.setenv("TOY_FAIL_STAGE", "train")
+    project, failures = failing_toy_project(tmp_path, monkeypatch, "train", times=1)
 
     state = run_flow(pipeline, project)
 
@@ -49,11 +57,7 @@ def test_stage_that_keeps_failing_fails_the_flow(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    project = make_toy_project(tmp_path / "toy")
-    failures = tmp_path / "failures"
-    failures.write_text("99")
-    monkeypatch.setenv("TOY_FAIL_FILE", str(failures))
-    monkeypatch.setenv("TOY_FAIL_STAGE", "preprocess")
+    project, failures = failing_toy_project(tmp_path, monkeypatch, "preprocess", times=99)
 
     state = run_flow(pipeline, project)
 
