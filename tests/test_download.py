@@ -164,25 +164,24 @@ def test_mirror_without_trailing_slash(
     _assert_raw(tmp_path / "raw", payloads)
 
 
-def test_server_error_is_retried(
-    tmp_path: Path, server: FaultyServer, payloads: dict[str, bytes], expected: dict[str, str]
+TRANSIENT_FAULTS = {
+    "server error": lambda good: Reply(status=500, body=b"oops"),
+    "truncated body": lambda good: Reply(body=good.body, send=len(good.body) // 2),
+}
+
+
+@pytest.mark.parametrize("fault", TRANSIENT_FAULTS)
+def test_transient_fault_is_retried(
+    tmp_path: Path,
+    server: FaultyServer,
+    payloads: dict[str, bytes],
+    expected: dict[str, str],
+    fault: str,
 ) -> None:
     url = server.mirror("mnist", payloads)
     path = f"/mnist/{TRAIN_IMAGES}.gz"
     good = server.scripts[path][0]
-    server.script(path, Reply(status=500, body=b"oops"), good)
-    download.run(_params(url), tmp_path / "raw", progress=False, expected=expected)
-    assert server.hits[path] == 2
-    _assert_raw(tmp_path / "raw", payloads)
-
-
-def test_truncated_body_is_retried(
-    tmp_path: Path, server: FaultyServer, payloads: dict[str, bytes], expected: dict[str, str]
-) -> None:
-    url = server.mirror("mnist", payloads)
-    path = f"/mnist/{TRAIN_IMAGES}.gz"
-    good = server.scripts[path][0]
-    server.script(path, Reply(body=good.body, send=len(good.body) // 2), good)
+    server.script(path, TRANSIENT_FAULTS[fault](good), good)
     download.run(_params(url), tmp_path / "raw", progress=False, expected=expected)
     assert server.hits[path] == 2
     _assert_raw(tmp_path / "raw", payloads)
