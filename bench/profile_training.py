@@ -25,14 +25,21 @@ from training import FEATURES, TIME_STEPS, training_data
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python bench/profile_training.py",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=10, help="profiled training steps")
-    parser.add_argument("--top", type=int, default=25, help="ops to list")
+    parser.add_argument("--steps", type=_positive, default=10, help="profiled training steps")
+    parser.add_argument("--top", type=_positive, default=25, help="ops to list")
     return parser
 
 
