@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from seqmnist import train
 from seqmnist.config import ConfigError, TrainParams, parse_params
+from seqmnist.dataset import load_split
 from seqmnist.errors import DataError
 from seqmnist.train import CHECKPOINT_STATE, epoch_order, run, shift_images, subset_indices
 from tiny_data import FEATURES, TIME_STEPS, write_processed
@@ -147,6 +149,73 @@ def test_killed_training_resumes_and_matches_uninterrupted_run(tmp_path, process
     assert len(curves) == 1 + 6, "the resumed run's curves cover every epoch"
 
 
+def test_validation_scores_the_weight_average_and_training_weights_survive(processed):
+    """With ema_decay, `fit` validates the average and leaves the training weights untouched."""
+    import keras
+
+    from seqmnist.averaging import ValidateAveraged, averaged_weights
+
+    params = TrainParams.model_validate(
+        {**TINY, "ema_decay": 0.9, "lr_schedule": "constant", "learning_rate": 0.01}
+    )
+    x, y = load_split("train", processed)
+    x_val, y_val = load_split("val", processed)
+    train.seed_everything(params.seed)
+    model = train.new_training_model(params, TIME_STEPS, FEATURES)
+    train.compile_model(model, params, steps_per_epoch=len(x) // params.batch_size)
+    logs = model.fit(
+        x,
+        y,
+        batch_size=32,
+        epochs=2,
+        validation_data=(x_val, y_val),
+        verbose=0,
+        callbacks=[ValidateAveraged()],
+    ).history
+    trained = [keras.ops.convert_to_numpy(w) for w in model.trainable_variables]
+    average = [
+        keras.ops.convert_to_numpy(w) for w in model.optimizer._model_variables_moving_average
+    ]
+    assert not all(np.array_equal(a, b) for a, b in zip(trained, average, strict=True)), (
+        "fit kept the average out"
+    )
+
+    with averaged_weights(model):
+        assert all(
+            np.array_equal(keras.ops.convert_to_numpy(w), a)
+            for w, a in zip(model.trainable_variables, average, strict=True)
+        )
+        averaged_loss = model.evaluate(x_val, y_val, verbose=0)[0]
+    assert logs["val_loss"][-1] == pytest.approx(averaged_loss, rel=1e-6)
+    assert model.evaluate(x_val, y_val, verbose=0)[0] != averaged_loss, "training weights are back"
+    for now, before in zip(model.trainable_variables, trained, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(now), before)
+
+
+def test_averaged_run_resumes_to_the_same_model(tmp_path, processed, monkeypatch):
+    """The average lives in the checkpointed optimizer: a crash and rerun end where one run does."""
+    train_into(tmp_path / "reference", processed, ema_decay=0.9, epochs=4)
+    save_checkpoint = train._save_checkpoint
+
+    def crash_after_second_epoch(model, state, *args):
+        save_checkpoint(model, state, *args)
+        if state.next_epoch == 2:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(train, "_save_checkpoint", crash_after_second_epoch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_into(tmp_path / "victim", processed, ema_decay=0.9, epochs=4)
+    monkeypatch.undo()
+    info = train_into(tmp_path / "victim", processed, ema_decay=0.9, epochs=4)
+    assert info["epochs_run"] == 4
+    for left, right in zip(
+        weights_of(tmp_path / "reference/model.keras"),
+        weights_of(tmp_path / "victim/model.keras"),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(left, right)
+
+
 def test_stale_checkpoint_from_other_params_is_discarded(tmp_path, processed):
     folder = tmp_path / "run"
     (folder / "checkpoints").mkdir(parents=True)
@@ -166,6 +235,7 @@ def test_stale_checkpoint_from_other_params_is_discarded(tmp_path, processed):
         ({"model": {"layers": -1}}, "train.model.layers"),
         ({"epochs": 0}, "train.epochs"),
         ({"batch_size": 0}, "train.batch_size"),
+        ({"ema_decay": 1.0}, "train.ema_decay"),
     ],
 )
 def test_bad_params_name_the_field(train_params, field):

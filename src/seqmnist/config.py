@@ -55,6 +55,7 @@ class TrainParams(_Frozen):
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     early_stopping_patience: PositiveInt = 6
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
 class EvaluateParams(_Frozen):

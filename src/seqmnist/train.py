@@ -140,11 +140,17 @@ def _learning_rate(params: TrainParams, steps_per_epoch: int):
 
 
 def compile_model(model, params: TrainParams, steps_per_epoch: int) -> None:
-    """Adam on logits with sparse cross-entropy; accuracy tracked."""
+    """Adam on logits with sparse cross-entropy, averaging the weights if `ema_decay` > 0."""
     import keras
 
+    from seqmnist.averaging import AveragingAdam
+
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=_learning_rate(params, steps_per_epoch)),
+        optimizer=AveragingAdam(
+            learning_rate=_learning_rate(params, steps_per_epoch),
+            use_ema=params.ema_decay > 0,
+            ema_momentum=params.ema_decay,
+        ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
@@ -187,10 +193,15 @@ def _load_state(checkpoint_dir: Path, expected: str) -> TrainingState | None:
 
 
 def _save_checkpoint(model, state: TrainingState, checkpoint_dir: Path, improved: bool) -> None:
-    """Weights first, state last: the state file only ever points at a complete checkpoint."""
+    """Weights first, state last: the state file only ever points at a complete checkpoint.
+
+    The best weights are the ones validation scored: the average when the weights are averaged.
+    """
+    from seqmnist.averaging import averaged_weights
+
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     if improved:
-        with atomic_path(checkpoint_dir / CHECKPOINT_BEST) as tmp:
+        with atomic_path(checkpoint_dir / CHECKPOINT_BEST) as tmp, averaged_weights(model):
             model.save_weights(tmp)
     with atomic_path(checkpoint_dir / CHECKPOINT_MODEL) as tmp:
         model.save(tmp)
@@ -258,6 +269,8 @@ def run(
     import keras
     from dvclive import Live
 
+    from seqmnist.averaging import ValidateAveraged  # also registers the optimizer for resumes
+
     EpochProgress = _epoch_progress_class()
 
     seed_everything(params.seed)
@@ -291,7 +304,10 @@ def run(
                 validation_data=val_data,
                 shuffle=False,
                 verbose=0,
-                callbacks=[EpochProgress(epoch, params.epochs, steps_per_epoch, show_bar)],
+                callbacks=[
+                    ValidateAveraged(),
+                    EpochProgress(epoch, params.epochs, steps_per_epoch, show_bar),
+                ],
             ).history
             epoch_seconds.append(time.perf_counter() - started)
             metrics = {

@@ -1,0 +1,57 @@
+"""Polyak averaging: an exponential moving average (EMA) of the weights, validated and saved.
+
+Keras optimizers keep the average themselves (`use_ema`), updated inside the compiled train step.
+Two parts of Keras's support do not fit how train.run trains: `fit` copies the average into the
+model at the end of every call (train.run calls `fit` once per epoch, so training would restart
+from the average each epoch), and `keras.callbacks.SwapEMAWeights` swaps by adding and
+subtracting, which rounds the training weights. Here the average goes into the model by exact
+copies, only while validating and saving, and the training weights come back bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="seqmnist")
+class AveragingAdam(keras.optimizers.Adam):
+    """Adam whose weight average (with `use_ema=True`) stays in the optimizer after `fit`."""
+
+    def finalize_variable_values(self, var_list) -> None:
+        """Leave the training weights in the model; `averaged_weights` puts the average in."""
+
+
+@contextmanager
+def averaged_weights(model: keras.Model) -> Iterator[None]:
+    """Within the block the model holds its optimizer's weight average (no-op without one)."""
+    optimizer = model.optimizer
+    if not getattr(optimizer, "use_ema", False):
+        yield
+        return
+    averages = optimizer._model_variables_moving_average
+    pairs = list(zip(optimizer._trainable_variables, averages, strict=True))
+    training_values = [keras.ops.convert_to_numpy(variable) for variable, _ in pairs]
+    for variable, average in pairs:
+        variable.assign(average)
+    try:
+        yield
+    finally:
+        for (variable, _), value in zip(pairs, training_values, strict=True):
+            variable.assign(value)
+
+
+class ValidateAveraged(keras.callbacks.Callback):
+    """Validation inside `fit` scores the averaged weights, which are the ones that get saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._swap = ExitStack()
+
+    def on_test_begin(self, logs=None) -> None:
+        self._swap.enter_context(averaged_weights(self.model))
+
+    def on_test_end(self, logs=None) -> None:
+        self._swap.close()
