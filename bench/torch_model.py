@@ -1,7 +1,8 @@
 """The default architecture written in PyTorch, as the reference for our Keras training and ONNX.
 
-Linear projection per step -> nn.LSTM(batch_first) -> Linear on the last step, trained with Adam
-and cross-entropy: the same layers, sizes and batch as seqmnist.model.build_model. torch is a
+Linear projection per step -> nn.LSTM(batch_first) -> dropout -> Linear on the last step, trained
+with Adam and cross-entropy, averaging the weights when ours does: the same layers, sizes, batch
+and per-step work as seqmnist.model.build_model and seqmnist.train.compile_model. torch is a
 bench-only dependency (`pip install -e '.[bench]'`); import this module only after checking
 `available()`.
 """
@@ -47,12 +48,13 @@ def build(params: ModelParams, features: int, num_classes: int = 10, fused: bool
             super().__init__()
             self.projection = nn.Linear(features, width) if params.input_projection else None
             self.lstm = nn.LSTM(width, params.units, batch_first=True)
+            self.dropout = nn.Dropout(params.dropout)
             self.logits = nn.Linear(params.units, num_classes)
 
         def forward(self, rows):
             hidden = self.projection(rows) if self.projection is not None else rows
             sequence, _ = self.lstm(hidden)
-            return self.logits(sequence[:, -1])
+            return self.logits(self.dropout(sequence[:, -1]))
 
     model = SeqLSTM()
     if not fused or model.projection is None:
@@ -69,15 +71,25 @@ def build(params: ModelParams, features: int, num_classes: int = 10, fused: bool
 
 
 class Trainer:
-    """Adam + cross-entropy on logits, one optimizer step per batch of the given epoch arrays."""
+    """Adam + cross-entropy on logits, one optimizer step per batch of the given epoch arrays;
+    with `ema_decay` > 0 an average of the weights is updated after every step, as Keras does."""
 
-    def __init__(self, params: ModelParams, features: int, learning_rate: float, seed: int):
+    def __init__(
+        self,
+        params: ModelParams,
+        features: int,
+        learning_rate: float,
+        seed: int,
+        ema_decay: float = 0.0,
+    ):
         torch = _torch()
         torch.manual_seed(seed)
         self.torch = torch
         self.model = build(params, features)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
         self.loss = torch.nn.CrossEntropyLoss()
+        self.ema_decay = ema_decay
+        self.average = [p.detach().clone() for p in self.model.parameters()] if ema_decay else []
 
     def epoch(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
         """Train one pass over (x, y) in order; returns the wall seconds it took."""
@@ -90,6 +102,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.loss(self.model(batch), target).backward()
             self.optimizer.step()
+            if self.average:
+                with torch.no_grad():
+                    for average, weight in zip(self.average, self.model.parameters(), strict=True):
+                        average.lerp_(weight, 1 - self.ema_decay)
         return time.perf_counter() - start
 
 

@@ -105,7 +105,7 @@ def run(params: TrainParams, plan: TrainingPlan, flops: ModelFlops, peak_gflops:
     torch_trainer = None
     if torch_model.available():
         torch_trainer = torch_model.Trainer(
-            params.model, FEATURES, params.learning_rate, params.seed
+            params.model, FEATURES, params.learning_rate, params.seed, params.ema_decay
         )
     ours: list[float] = []
     theirs: list[float] = []

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,10 @@ def test_two_runs_give_identical_weights_and_metrics(tmp_path, processed):
     ):
         np.testing.assert_array_equal(left, right)
     assert first["best_val_loss"] == second["best_val_loss"]
+    assert (tmp_path / "a/model.keras").read_bytes() == (tmp_path / "b/model.keras").read_bytes()
+    with zipfile.ZipFile(tmp_path / "a/model.keras") as archive:
+        assert {info.date_time for info in archive.infolist()} == {train.PINNED_ZIP_TIME}
+        assert json.loads(archive.read("metadata.json"))["date_saved"] == train.PINNED_DATE_SAVED
     assert first["input_shape"] == [TIME_STEPS, FEATURES]
     metrics = json.loads((tmp_path / "a/live/metrics.json").read_text())
     assert metrics["step"] == 2 and "val" in metrics and "train" in metrics

@@ -14,6 +14,7 @@ import json
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from seqmnist.provenance import data_checksums, git_version
 CHECKPOINT_MODEL = "last.keras"
 CHECKPOINT_BEST = "best.weights.h5"
 CHECKPOINT_STATE = "state.json"
+PINNED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the zip format's earliest date, as Keras uses
+PINNED_DATE_SAVED = "1980-01-01@00:00:00"
 AUGMENT_STREAM = 1  # separates the augmentation RNG stream from the shuffle's
 
 
@@ -208,6 +211,40 @@ def _save_checkpoint(model, state: TrainingState, checkpoint_dir: Path, improved
     write_json(checkpoint_dir / CHECKPOINT_STATE, asdict(state))
 
 
+def _renumber_shared_objects(node, numbers: dict[int, int]):
+    """Replace Keras's `shared_object_id`s (Python object addresses) by 1, 2, ... in order."""
+    if isinstance(node, list):
+        return [_renumber_shared_objects(item, numbers) for item in node]
+    if not isinstance(node, dict):
+        return node
+    renumbered = {key: _renumber_shared_objects(value, numbers) for key, value in node.items()}
+    if "shared_object_id" in node:
+        identity = node["shared_object_id"]
+        renumbered["shared_object_id"] = numbers.setdefault(identity, len(numbers) + 1)
+    return renumbered
+
+
+def pin_archive(path: Path) -> None:
+    """Rewrite a saved .keras archive so that its bytes depend on the model alone.
+
+    Keras stamps the save time into the archive and numbers shared objects by their memory
+    address, so identical weights gave a new file and a new DVC hash on every run, and
+    evaluate/export reran for nothing. Entry times and `date_saved` are pinned and shared objects
+    renumbered in order of appearance; model_info.json says where a model came from.
+    """
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                data = json.dumps({**json.loads(data), "date_saved": PINNED_DATE_SAVED}).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
+            pinned = zipfile.ZipInfo(info.filename, date_time=PINNED_ZIP_TIME)
+            pinned.compress_type, pinned.external_attr = info.compress_type, info.external_attr
+            archive.writestr(pinned, data)
+
+
 def _log_epoch(live, metrics: dict[str, float]) -> None:
     for name, value in metrics.items():
         live.log_metric(name, value, plot="/" in name)
@@ -351,6 +388,7 @@ def run(
     model_path = Path(model_path)
     with atomic_path(model_path) as tmp:
         rolled_copy(model, params, time_steps, features).save(tmp)
+        pin_archive(tmp)
     write_json(Path(info_path), info)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     print(
