@@ -197,6 +197,33 @@ def test_validation_scores_the_weight_average_and_training_weights_survive(proce
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(now), before)
 
 
+def test_weight_average_warms_up_its_decay(processed):
+    """average_t = d_t * average_(t-1) + (1 - d_t) * w_t, d_t = min(decay, (1 + t) / (10 + t)),
+    d_0 = 0: after a short run the average follows the training weights, not the random init."""
+    import keras
+
+    params = TrainParams.model_validate({**TINY, "ema_decay": 0.999, "lr_schedule": "constant"})
+    x, y = load_split("train", processed)
+    train.seed_everything(params.seed)
+    model = train.new_training_model(params, TIME_STEPS, FEATURES)
+    train.compile_model(model, params, steps_per_epoch=len(x) // params.batch_size)
+    after_each_step: list[list[np.ndarray]] = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: after_each_step.append(
+            [keras.ops.convert_to_numpy(w) for w in model.trainable_variables]
+        )
+    )
+    model.fit(x, y, batch_size=params.batch_size, verbose=0, callbacks=[record])
+
+    expected = after_each_step[0]
+    for step, weights in enumerate(after_each_step[1:], start=1):
+        decay = min(0.999, (1 + step) / (10 + step))
+        expected = [decay * a + (1 - decay) * w for a, w in zip(expected, weights, strict=True)]
+    averages = model.optimizer._model_variables_moving_average
+    for got, want in zip(averages, expected, strict=True):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want, rtol=1e-5, atol=1e-6)
+
+
 def test_averaged_run_resumes_to_the_same_model(tmp_path, processed, monkeypatch):
     """The average lives in the checkpointed optimizer: a crash and rerun end where one run does."""
     train_into(tmp_path / "reference", processed, ema_decay=0.9, epochs=4)
