@@ -228,9 +228,10 @@ def pin_archive(path: Path) -> None:
     """Rewrite a saved .keras archive so that its bytes depend on the model alone.
 
     Keras stamps the save time into the archive and numbers shared objects by their memory
-    address, so identical weights gave a new file and a new DVC hash on every run, and
-    evaluate/export reran for nothing. Entry times and `date_saved` are pinned and shared objects
-    renumbered in order of appearance; model_info.json says where a model came from.
+    address, so identical weights gave a different file on every save: a rerun on the same
+    commit changed the model's DVC hash and reran evaluate/export for nothing. Entry times and
+    `date_saved` are pinned and shared objects renumbered in order of appearance;
+    model_info.json says where a model came from.
     """
     with zipfile.ZipFile(path) as archive:
         entries = [(info, archive.read(info)) for info in archive.infolist()]
