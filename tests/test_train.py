@@ -47,6 +47,25 @@ def weights_of(path: Path) -> list[np.ndarray]:
     return keras.models.load_model(path).get_weights()
 
 
+def assert_same_weights(left_model: Path, right_model: Path) -> None:
+    for left, right in zip(weights_of(left_model), weights_of(right_model), strict=True):
+        np.testing.assert_array_equal(left, right)
+
+
+def values_of(variables) -> list[np.ndarray]:
+    import keras
+
+    return [keras.ops.convert_to_numpy(variable) for variable in variables]
+
+
+def compiled_tiny_model(params: TrainParams, train_size: int):
+    """The training model train.run builds and compiles, outside train.run."""
+    train.seed_everything(params.seed)
+    model = train.new_training_model(params, TIME_STEPS, FEATURES)
+    train.compile_model(model, params, steps_per_epoch=train_size // params.batch_size)
+    return model
+
+
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory) -> Path:
     return write_processed(tmp_path_factory.mktemp("processed"))
@@ -55,10 +74,7 @@ def processed(tmp_path_factory) -> Path:
 def test_two_runs_give_identical_weights_and_metrics(tmp_path, processed):
     first = train_into(tmp_path / "a", processed)
     second = train_into(tmp_path / "b", processed)
-    for left, right in zip(
-        weights_of(tmp_path / "a/model.keras"), weights_of(tmp_path / "b/model.keras"), strict=True
-    ):
-        np.testing.assert_array_equal(left, right)
+    assert_same_weights(tmp_path / "a/model.keras", tmp_path / "b/model.keras")
     assert first["best_val_loss"] == second["best_val_loss"]
     assert (tmp_path / "a/model.keras").read_bytes() == (tmp_path / "b/model.keras").read_bytes()
     with zipfile.ZipFile(tmp_path / "a/model.keras") as archive:
@@ -144,20 +160,13 @@ def test_killed_training_resumes_and_matches_uninterrupted_run(tmp_path, process
     assert resumed.returncode == 0, output
     assert f"resuming from {victim_dir / 'checkpoints'} at epoch {interrupted_at + 1}" in output
     assert "epoch 1/6" not in output
-    for left, right in zip(
-        weights_of(tmp_path / "reference/model.keras"),
-        weights_of(victim_dir / "model.keras"),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(left, right)
+    assert_same_weights(tmp_path / "reference/model.keras", victim_dir / "model.keras")
     curves = (victim_dir / "live/plots/metrics/val/loss.tsv").read_text().splitlines()
     assert len(curves) == 1 + 6, "the resumed run's curves cover every epoch"
 
 
 def test_validation_scores_the_weight_average_and_training_weights_survive(processed):
     """With ema_decay, `fit` validates the average and leaves the training weights untouched."""
-    import keras
-
     from seqmnist.averaging import ValidateAveraged, averaged_weights
 
     params = TrainParams.model_validate(
@@ -165,9 +174,7 @@ def test_validation_scores_the_weight_average_and_training_weights_survive(proce
     )
     x, y = load_split("train", processed)
     x_val, y_val = load_split("val", processed)
-    train.seed_everything(params.seed)
-    model = train.new_training_model(params, TIME_STEPS, FEATURES)
-    train.compile_model(model, params, steps_per_epoch=len(x) // params.batch_size)
+    model = compiled_tiny_model(params, len(x))
     logs = model.fit(
         x,
         y,
@@ -177,24 +184,22 @@ def test_validation_scores_the_weight_average_and_training_weights_survive(proce
         verbose=0,
         callbacks=[ValidateAveraged()],
     ).history
-    trained = [keras.ops.convert_to_numpy(w) for w in model.trainable_variables]
-    average = [
-        keras.ops.convert_to_numpy(w) for w in model.optimizer._model_variables_moving_average
-    ]
+    trained = values_of(model.trainable_variables)
+    average = values_of(model.optimizer._model_variables_moving_average)
     assert not all(np.array_equal(a, b) for a, b in zip(trained, average, strict=True)), (
         "fit kept the average out"
     )
 
     with averaged_weights(model):
         assert all(
-            np.array_equal(keras.ops.convert_to_numpy(w), a)
-            for w, a in zip(model.trainable_variables, average, strict=True)
+            np.array_equal(w, a)
+            for w, a in zip(values_of(model.trainable_variables), average, strict=True)
         )
         averaged_loss = model.evaluate(x_val, y_val, verbose=0)[0]
     assert logs["val_loss"][-1] == pytest.approx(averaged_loss, rel=1e-6)
     assert model.evaluate(x_val, y_val, verbose=0)[0] != averaged_loss, "training weights are back"
-    for now, before in zip(model.trainable_variables, trained, strict=True):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(now), before)
+    for now, before in zip(values_of(model.trainable_variables), trained, strict=True):
+        np.testing.assert_array_equal(now, before)
 
 
 def test_weight_average_warms_up_its_decay(processed):
@@ -204,13 +209,11 @@ def test_weight_average_warms_up_its_decay(processed):
 
     params = TrainParams.model_validate({**TINY, "ema_decay": 0.999, "lr_schedule": "constant"})
     x, y = load_split("train", processed)
-    train.seed_everything(params.seed)
-    model = train.new_training_model(params, TIME_STEPS, FEATURES)
-    train.compile_model(model, params, steps_per_epoch=len(x) // params.batch_size)
+    model = compiled_tiny_model(params, len(x))
     after_each_step: list[list[np.ndarray]] = []
     record = keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda batch, logs: after_each_step.append(
-            [keras.ops.convert_to_numpy(w) for w in model.trainable_variables]
+            values_of(model.trainable_variables)
         )
     )
     model.fit(x, y, batch_size=params.batch_size, verbose=0, callbacks=[record])
@@ -219,9 +222,9 @@ def test_weight_average_warms_up_its_decay(processed):
     for step, weights in enumerate(after_each_step[1:], start=1):
         decay = min(0.999, (1 + step) / (10 + step))
         expected = [decay * a + (1 - decay) * w for a, w in zip(expected, weights, strict=True)]
-    averages = model.optimizer._model_variables_moving_average
+    averages = values_of(model.optimizer._model_variables_moving_average)
     for got, want in zip(averages, expected, strict=True):
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(got), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_averaged_run_resumes_to_the_same_model(tmp_path, processed, monkeypatch):
@@ -240,12 +243,7 @@ def test_averaged_run_resumes_to_the_same_model(tmp_path, processed, monkeypatch
     monkeypatch.undo()
     info = train_into(tmp_path / "victim", processed, ema_decay=0.9, epochs=4)
     assert info["epochs_run"] == 4
-    for left, right in zip(
-        weights_of(tmp_path / "reference/model.keras"),
-        weights_of(tmp_path / "victim/model.keras"),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(left, right)
+    assert_same_weights(tmp_path / "reference/model.keras", tmp_path / "victim/model.keras")
 
 
 def test_stale_checkpoint_from_other_params_is_discarded(tmp_path, processed):
