@@ -56,6 +56,7 @@ class TrainParams(_Frozen):
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     early_stopping_patience: PositiveInt = 6
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    fused_lstm: bool = True
 
 
 class EvaluateParams(_Frozen):

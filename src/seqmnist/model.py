@@ -20,12 +20,15 @@ def build_model(
     features: int,
     num_classes: int = 10,
     unroll: bool = False,
+    fused_lstm: bool = False,
 ) -> keras.Model:
     """Build the classifier; it outputs logits, softmax is applied by the loss and at export.
 
-    `unroll=True` writes the time loop out step by step instead of a while loop: same weights and
-    function, faster to train on CPU (bench/README.md), but tf2onnx can only turn the rolled form
-    into one ONNX LSTM op, so saved and exported models are always rolled.
+    Two training forms, same weights and function (bench/README.md says what each buys on CPU):
+    `fused_lstm=True` runs unidirectional LSTM layers in our whole-sequence C++ kernel
+    (seqmnist.fused_lstm), with the input projection folded into the first one; `unroll=True` writes Keras's time loop out step by step. tf2onnx
+    turns only Keras's rolled LSTM into one ONNX LSTM op, so saved and exported models are
+    always built with neither.
 
     Shapes: rows [batch, time_steps, features]
       -> optional projection  [batch, time_steps, input_projection]
@@ -34,17 +37,24 @@ def build_model(
     """
     rows = keras.Input(shape=(time_steps, features), name="rows")
     hidden = rows
-    if params.input_projection:
+    fuse = fused_lstm and params.cell == "lstm" and not params.bidirectional
+    if params.input_projection and not fuse:
         hidden = layers.Dense(params.input_projection, name="row_projection")(hidden)
     cell = RECURRENT_CELLS[params.cell]
     for index in range(params.layers):
         is_last = index == params.layers - 1
-        recurrent = cell(
-            params.units,
-            return_sequences=not is_last,
-            unroll=unroll,
-            name=f"{params.cell}_{index}",
-        )
+        name = f"{params.cell}_{index}"
+        if fuse:
+            from seqmnist.fused_lstm import FusedLSTM
+
+            recurrent = FusedLSTM(
+                params.units,
+                return_sequences=not is_last,
+                input_projection=params.input_projection if index == 0 else None,
+                name=name,
+            )
+        else:
+            recurrent = cell(params.units, return_sequences=not is_last, unroll=unroll, name=name)
         if params.bidirectional:
             recurrent = layers.Bidirectional(recurrent, name=f"bi_{params.cell}_{index}")
         hidden = recurrent(hidden)

@@ -160,10 +160,13 @@ def compile_model(model, params: TrainParams, steps_per_epoch: int) -> None:
 
 
 def new_training_model(params: TrainParams, time_steps: int, features: int):
-    """The model `fit` trains: unrolled over the time steps (faster on CPU, bench/README.md)."""
+    """The model `fit` trains: LSTM layers in our C++ kernel (`train.fused_lstm`), other cells
+    unrolled over the time steps; both are faster on CPU (bench/README.md)."""
     from seqmnist.model import build_model
 
-    return build_model(params.model, time_steps, features, NUM_CLASSES, unroll=True)
+    return build_model(
+        params.model, time_steps, features, NUM_CLASSES, unroll=True, fused_lstm=params.fused_lstm
+    )
 
 
 def rolled_copy(model, params: TrainParams, time_steps: int, features: int):
@@ -308,6 +311,7 @@ def run(
     from dvclive import Live
 
     from seqmnist.averaging import ValidateAveraged  # also registers the optimizer for resumes
+    from seqmnist.fused_lstm import FusedLSTM  # registers the layer for resumes
 
     EpochProgress = _epoch_progress_class()
 
@@ -323,7 +327,9 @@ def run(
         compile_model(model, params, steps_per_epoch)
     else:
         print(f"train: resuming from {checkpoint_dir} at epoch {state.next_epoch + 1}")
-        model = keras.models.load_model(checkpoint_dir / CHECKPOINT_MODEL)
+        model = keras.models.load_model(
+            checkpoint_dir / CHECKPOINT_MODEL, custom_objects={"FusedLSTM": FusedLSTM}
+        )
 
     val_data = _batches(x_val, y_val, params.batch_size)
     show_bar = progress and sys.stderr.isatty()

@@ -1,0 +1,282 @@
+// Whole-sequence LSTM for training on CPU: the forward pass and its gradient as two TensorFlow ops.
+//
+// Same function and weights as keras.layers.LSTM (gates i, f, c, o; sigmoid gates, tanh cell,
+// zero initial state). Why a kernel of our own: Keras runs the recurrence as ~30 small TensorFlow
+// ops per time step, each costing 15-50 us of scheduling on top of its work (bench/README.md).
+// Here the batch is cut into one block of rows per worker thread; rows of an LSTM never interact,
+// so each thread runs all time steps of its block with no synchronisation, and every matrix
+// product is one Eigen GEMM built for this CPU (compiled with -march=native by fused_lstm.py).
+// The gradients of the input and of both weight matrices are one GEMM each over all time steps.
+// Block partial sums are added in block order: for a given thread count the result is the same
+// on every run.
+
+#include <algorithm>
+#include <thread>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace {
+
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::errors::InvalidArgument;
+using tensorflow::shape_inference::DimensionHandle;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+using Matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using MatrixMap = Eigen::Map<Matrix>;
+using ConstMatrixMap = Eigen::Map<const Matrix>;
+// One time step of a block: rows are batch entries, `T * width` floats apart in [B, T, width].
+using StepMap = Eigen::Map<Matrix, 0, Eigen::OuterStride<>>;
+using ConstStepMap = Eigen::Map<const Matrix, 0, Eigen::OuterStride<>>;
+using ArrayMap = Eigen::Map<Eigen::ArrayXf>;
+using ConstArrayMap = Eigen::Map<const Eigen::ArrayXf>;
+
+struct Sizes {
+  int64_t batch, steps, inputs, units;
+  int64_t gates() const { return 4 * units; }
+};
+
+// One contiguous block of rows per worker thread (fewer when there are fewer rows).
+int RowBlocks(OpKernelContext* ctx, int64_t rows) {
+  const int threads = ctx->device()->tensorflow_cpu_worker_threads()->workers->NumThreads();
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, threads)));
+}
+
+// Runs fn(begin_row, end_row, block) for each of `blocks` row blocks in parallel, and waits.
+// Blocks after the first get threads of their own: queued on TensorFlow's worker pool, they
+// were sometimes picked up only after the calling thread had finished the first block.
+template <typename Fn>
+void ForEachRowBlock(int64_t rows, int blocks, Fn fn) {
+  auto run = [&](int block) { fn(rows * block / blocks, rows * (block + 1) / blocks, block); };
+  std::vector<std::thread> helpers;
+  for (int block = 1; block < blocks; ++block) helpers.emplace_back(run, block);
+  run(0);
+  for (auto& helper : helpers) helper.join();
+}
+
+tensorflow::Status CheckInputs(OpKernelContext* ctx, Sizes* sizes) {
+  const Tensor& x = ctx->input(0);
+  const Tensor& kernel = ctx->input(1);
+  const Tensor& recurrent = ctx->input(2);
+  if (x.dims() != 3) return InvalidArgument("x must be [batch, time, features], got ", x.shape().DebugString());
+  if (recurrent.dims() != 2 || recurrent.dim_size(1) != 4 * recurrent.dim_size(0)) {
+    return InvalidArgument("recurrent_kernel must be [units, 4 * units], got ", recurrent.shape().DebugString());
+  }
+  *sizes = {x.dim_size(0), x.dim_size(1), x.dim_size(2), recurrent.dim_size(0)};
+  if (kernel.shape() != TensorShape({sizes->inputs, sizes->gates()})) {
+    return InvalidArgument("kernel must be [features, 4 * units] = [", sizes->inputs, ", ", sizes->gates(),
+                           "], got ", kernel.shape().DebugString());
+  }
+  if (sizes->steps < 1) return InvalidArgument("x has no time steps");
+  return tensorflow::OkStatus();
+}
+
+class LstmSequenceOp : public OpKernel {
+ public:
+  explicit LstmSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    Sizes n;
+    OP_REQUIRES_OK(ctx, CheckInputs(ctx, &n));
+    const Tensor& bias = ctx->input(3);
+    OP_REQUIRES(ctx, bias.shape() == TensorShape({n.gates()}),
+                InvalidArgument("bias must be [4 * units], got ", bias.shape().DebugString()));
+    Tensor *h_out, *c_out, *gates_out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {n.batch, n.steps, n.units}, &h_out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {n.batch, n.steps, n.units}, &c_out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, {n.batch, n.steps, n.gates()}, &gates_out));
+    if (n.batch == 0) return;
+    const float* x = ctx->input(0).flat<float>().data();
+    ConstMatrixMap kernel(ctx->input(1).flat<float>().data(), n.inputs, n.gates());
+    ConstMatrixMap recurrent(ctx->input(2).flat<float>().data(), n.units, n.gates());
+    const Eigen::Map<const Eigen::RowVectorXf> b(bias.flat<float>().data(), n.gates());
+    float* h = h_out->flat<float>().data();
+    float* c = c_out->flat<float>().data();
+    float* gates = gates_out->flat<float>().data();
+    const int64_t H = n.units, G = n.gates(), T = n.steps;
+
+    ForEachRowBlock(n.batch, RowBlocks(ctx, n.batch), [&](int64_t begin, int64_t end, int) {
+      const int64_t rows = end - begin;
+      // Input contribution of every step at once: [rows * T, I] x [I, 4H].
+      MatrixMap block_gates(gates + begin * T * G, rows * T, G);
+      block_gates.noalias() = ConstMatrixMap(x + begin * T * n.inputs, rows * T, n.inputs) * kernel;
+      block_gates.rowwise() += b;
+      for (int64_t t = 0; t < T; ++t) {
+        float* step_gates = gates + (begin * T + t) * G;
+        if (t > 0) {  // + h[t-1] x recurrent: [rows, H] x [H, 4H]
+          StepMap(step_gates, rows, G, Eigen::OuterStride<>(T * G)).noalias() +=
+              ConstStepMap(h + (begin * T + t - 1) * H, rows, H, Eigen::OuterStride<>(T * H)) * recurrent;
+        }
+        for (int64_t row = 0; row < rows; ++row) {
+          const int64_t at = (begin + row) * T + t;
+          float* z = gates + at * G;
+          ArrayMap gate_i(z, H), gate_f(z + H, H), cell(z + 2 * H, H), gate_o(z + 3 * H, H);
+          gate_i = gate_i.logistic();
+          gate_f = gate_f.logistic();
+          cell = cell.tanh();
+          gate_o = gate_o.logistic();
+          ArrayMap c_t(c + at * H, H);
+          if (t > 0) {
+            c_t = gate_f * ConstArrayMap(c + (at - 1) * H, H) + gate_i * cell;
+          } else {
+            c_t = gate_i * cell;
+          }
+          ArrayMap(h + at * H, H) = gate_o * c_t.tanh();
+        }
+      }
+    });
+  }
+};
+
+class LstmSequenceGradOp : public OpKernel {
+ public:
+  explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    Sizes n;
+    OP_REQUIRES_OK(ctx, CheckInputs(ctx, &n));
+    const int64_t H = n.units, G = n.gates(), T = n.steps, I = n.inputs;
+    for (int index : {3, 4, 6}) {
+      OP_REQUIRES(ctx, ctx->input(index).shape() == TensorShape({n.batch, T, H}),
+                  InvalidArgument("input ", index, " must be [batch, time, units]"));
+    }
+    OP_REQUIRES(ctx, ctx->input(5).shape() == TensorShape({n.batch, T, G}),
+                InvalidArgument("gates must be [batch, time, 4 * units]"));
+    const float* x = ctx->input(0).flat<float>().data();
+    ConstMatrixMap kernel(ctx->input(1).flat<float>().data(), I, G);
+    ConstMatrixMap recurrent(ctx->input(2).flat<float>().data(), H, G);
+    const float* h = ctx->input(3).flat<float>().data();
+    const float* c = ctx->input(4).flat<float>().data();
+    const float* gates = ctx->input(5).flat<float>().data();
+    const float* dh_out = ctx->input(6).flat<float>().data();
+
+    Tensor *dx_out, *dkernel_out, *drecurrent_out, *dbias_out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &dx_out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {I, G}, &dkernel_out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, {H, G}, &drecurrent_out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, {G}, &dbias_out));
+    float* dx = dx_out->flat<float>().data();
+    MatrixMap dkernel(dkernel_out->flat<float>().data(), I, G);
+    MatrixMap drecurrent(drecurrent_out->flat<float>().data(), H, G);
+    Eigen::Map<Eigen::RowVectorXf> dbias(dbias_out->flat<float>().data(), G);
+    dkernel.setZero();
+    drecurrent.setZero();
+    dbias.setZero();
+    if (n.batch == 0) return;
+
+    std::vector<float> dgates(n.batch * T * G);  // d loss / d pre-activation gates
+    const int blocks = RowBlocks(ctx, n.batch);
+    std::vector<Matrix> block_dkernel(blocks), block_drecurrent(blocks);
+    std::vector<Eigen::RowVectorXf> block_dbias(blocks);
+    ForEachRowBlock(n.batch, blocks, [&](int64_t begin, int64_t end, int block) {
+      const int64_t rows = end - begin;
+      Eigen::ArrayXXf dh_next = Eigen::ArrayXXf::Zero(H, rows);  // column per row: contiguous
+      Eigen::ArrayXXf dc_next = Eigen::ArrayXXf::Zero(H, rows);
+      Matrix dh_recurrent(rows, H);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        for (int64_t row = 0; row < rows; ++row) {
+          const int64_t at = (begin + row) * T + t;
+          const float* z = gates + at * G;
+          ConstArrayMap gate_i(z, H), gate_f(z + H, H), cell(z + 2 * H, H), gate_o(z + 3 * H, H);
+          const Eigen::ArrayXf tanh_c = ConstArrayMap(c + at * H, H).tanh();
+          const Eigen::ArrayXf dh_t = ConstArrayMap(dh_out + at * H, H) + dh_next.col(row);
+          const Eigen::ArrayXf dc = dc_next.col(row) + dh_t * gate_o * (1.0f - tanh_c.square());
+          float* dz = dgates.data() + at * G;
+          ArrayMap(dz, H) = dc * cell * gate_i * (1.0f - gate_i);
+          if (t > 0) {
+            ArrayMap(dz + H, H) = dc * ConstArrayMap(c + (at - 1) * H, H) * gate_f * (1.0f - gate_f);
+          } else {
+            ArrayMap(dz + H, H).setZero();
+          }
+          ArrayMap(dz + 2 * H, H) = dc * gate_i * (1.0f - cell.square());
+          ArrayMap(dz + 3 * H, H) = dh_t * tanh_c * gate_o * (1.0f - gate_o);
+          dc_next.col(row) = dc * gate_f;
+        }
+        if (t > 0) {  // d h[t-1] = d gates[t] x recurrent^T: [rows, 4H] x [4H, H]
+          dh_recurrent.noalias() =
+              ConstStepMap(dgates.data() + (begin * T + t) * G, rows, G, Eigen::OuterStride<>(T * G)) *
+              recurrent.transpose();
+          dh_next = dh_recurrent.transpose().array();
+        }
+      }
+      // Over all steps of the block at once.
+      ConstMatrixMap block_dz(dgates.data() + begin * T * G, rows * T, G);
+      MatrixMap(dx + begin * T * I, rows * T, I).noalias() = block_dz * kernel.transpose();
+      block_dkernel[block].noalias() =
+          ConstMatrixMap(x + begin * T * I, rows * T, I).transpose() * block_dz;
+      Matrix h_previous = Matrix::Zero(rows * T, H);  // row (b, t) holds h[b, t-1]; zero at t = 0
+      for (int64_t row = 0; row < rows; ++row) {
+        h_previous.middleRows(row * T + 1, T - 1) = ConstMatrixMap(h + ((begin + row) * T) * H, T - 1, H);
+      }
+      block_drecurrent[block].noalias() = h_previous.transpose() * block_dz;
+      block_dbias[block] = block_dz.colwise().sum();
+    });
+    for (int block = 0; block < blocks; ++block) {
+      dkernel += block_dkernel[block];
+      drecurrent += block_drecurrent[block];
+      dbias += block_dbias[block];
+    }
+  }
+};
+
+tensorflow::Status SequenceShape(InferenceContext* ctx) {
+  ShapeHandle x, recurrent;
+  TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(0), 3, &x));
+  TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(2), 2, &recurrent));
+  DimensionHandle units = ctx->Dim(recurrent, 0), gates;
+  TF_RETURN_IF_ERROR(ctx->Multiply(units, 4, &gates));
+  ShapeHandle states = ctx->MakeShape({ctx->Dim(x, 0), ctx->Dim(x, 1), units});
+  ctx->set_output(0, states);
+  ctx->set_output(1, states);
+  ctx->set_output(2, ctx->MakeShape({ctx->Dim(x, 0), ctx->Dim(x, 1), gates}));
+  return tensorflow::OkStatus();
+}
+
+tensorflow::Status GradShape(InferenceContext* ctx) {
+  ctx->set_output(0, ctx->input(0));
+  ctx->set_output(1, ctx->input(1));
+  ctx->set_output(2, ctx->input(2));
+  ShapeHandle recurrent;
+  TF_RETURN_IF_ERROR(ctx->WithRank(ctx->input(2), 2, &recurrent));
+  ctx->set_output(3, ctx->Vector(ctx->Dim(recurrent, 1)));
+  return tensorflow::OkStatus();
+}
+
+}  // namespace
+
+REGISTER_OP("SeqmnistLstmSequence")
+    .Input("x: float")                 // [batch, time, features]
+    .Input("kernel: float")            // [features, 4 * units]
+    .Input("recurrent_kernel: float")  // [units, 4 * units]
+    .Input("bias: float")              // [4 * units]
+    .Output("h: float")                // [batch, time, units]
+    .Output("c: float")                // [batch, time, units]
+    .Output("gates: float")            // [batch, time, 4 * units], after their activations
+    .SetShapeFn(SequenceShape);
+
+REGISTER_OP("SeqmnistLstmSequenceGrad")
+    .Input("x: float")
+    .Input("kernel: float")
+    .Input("recurrent_kernel: float")
+    .Input("h: float")
+    .Input("c: float")
+    .Input("gates: float")
+    .Input("dh: float")  // d loss / d h, [batch, time, units]
+    .Output("dx: float")
+    .Output("dkernel: float")
+    .Output("drecurrent_kernel: float")
+    .Output("dbias: float")
+    .SetShapeFn(GradShape);
+
+REGISTER_KERNEL_BUILDER(Name("SeqmnistLstmSequence").Device(tensorflow::DEVICE_CPU), LstmSequenceOp);
+REGISTER_KERNEL_BUILDER(Name("SeqmnistLstmSequenceGrad").Device(tensorflow::DEVICE_CPU), LstmSequenceGradOp);
