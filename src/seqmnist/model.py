@@ -26,9 +26,9 @@ def build_model(
 
     Two training forms, same weights and function (bench/README.md says what each buys on CPU):
     `fused_lstm=True` runs unidirectional LSTM layers in our whole-sequence C++ kernel
-    (seqmnist.fused_lstm), with the input projection folded into the first one; `unroll=True` writes Keras's time loop out step by step. tf2onnx
-    turns only Keras's rolled LSTM into one ONNX LSTM op, so saved and exported models are
-    always built with neither.
+    (seqmnist.fused_lstm), the input projection folded into the first one; `unroll=True` writes
+    Keras's time loop out step by step. tf2onnx turns only Keras's rolled LSTM into one ONNX
+    LSTM op, so saved and exported models are always built with neither.
 
     Shapes: rows [batch, time_steps, features]
       -> optional projection  [batch, time_steps, input_projection]
