@@ -41,9 +41,7 @@ def _assert_same(ours, reference):
         (3, 1, 4, 5, False),  # one step: no recurrence
     ],
 )
-def test_matches_keras_lstm_outputs_and_gradients(
-    batch, steps, features, units, return_sequences
-):
+def test_matches_keras_lstm_outputs_and_gradients(batch, steps, features, units, return_sequences):
     rng = np.random.default_rng(batch * 100 + steps)
     reference = keras.layers.LSTM(units, return_sequences=return_sequences)
     ours = FusedLSTM(units, return_sequences=return_sequences)
@@ -141,3 +139,23 @@ def test_build_is_kept_and_reused(tmp_path, monkeypatch):
     modified = built.stat().st_mtime_ns
     assert kernel_path() == built and built.stat().st_mtime_ns == modified
     assert [path.name for path in tmp_path.rglob("*") if path.is_file()] == [built.name]
+
+
+def test_layer_fed_by_data_skips_its_input_gradient():
+    rng = np.random.default_rng(11)
+    full, data_fed = FusedLSTM(6), FusedLSTM(6, input_gradient=False)
+    full.build((None, 4, 3))
+    data_fed.build((None, 4, 3))
+    data_fed.set_weights(full.get_weights())
+    rows, upstream = _random(rng, (5, 4, 3)), _random(rng, (5, 6))
+    with_input = _outputs_and_gradients(full, rows, upstream)
+    rows_tensor = tf.constant(rows)
+    with tf.GradientTape() as tape:
+        tape.watch(rows_tensor)
+        loss = tf.reduce_sum(data_fed(rows_tensor) * upstream)
+    input_gradient, *weight_gradients = tape.gradient(
+        loss, [rows_tensor, *data_fed.trainable_weights]
+    )
+    assert input_gradient is None
+    for got, want in zip(weight_gradients, with_input[2:], strict=True):
+        np.testing.assert_array_equal(got.numpy(), want)

@@ -120,9 +120,18 @@ def _lstm_sequence_gradient(op, dh, _dc, _dgates):
     """Only h leaves the layer; c and the gate activations are kept for this backward pass."""
     x, kernel, recurrent_kernel, _bias = op.inputs
     h, c, gates = op.outputs
-    return _ops().seqmnist_lstm_sequence_grad(
-        x=x, kernel=kernel, recurrent_kernel=recurrent_kernel, h=h, c=c, gates=gates, dh=dh
+    input_gradient = op.get_attr("input_gradient")
+    dx, dkernel, drecurrent_kernel, dbias = _ops().seqmnist_lstm_sequence_grad(
+        x=x,
+        kernel=kernel,
+        recurrent_kernel=recurrent_kernel,
+        h=h,
+        c=c,
+        gates=gates,
+        dh=dh,
+        input_gradient=input_gradient,
     )
+    return dx if input_gradient else None, dkernel, drecurrent_kernel, dbias
 
 
 @keras.saving.register_keras_serializable(package="seqmnist")
@@ -134,6 +143,9 @@ class FusedLSTM(layers.Layer):
     rows @ (P @ W) + (b_P @ W + b) is (rows @ P + b_P) @ W + b, with the products over 28
     features instead of 128 and no projected sequence to write, or to take the gradient of.
 
+    `input_gradient=False` skips the gradient of the layer's input, for a layer fed by the
+    model's input (data, never trained): a product over every time step saved.
+
     Shapes: [batch, time, features] -> [batch, time, units] or, for the last step only,
     [batch, units].
     """
@@ -143,12 +155,14 @@ class FusedLSTM(layers.Layer):
         units: int,
         return_sequences: bool = False,
         input_projection: int | None = None,
+        input_gradient: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.units = units
         self.return_sequences = return_sequences
         self.input_projection = input_projection
+        self.input_gradient = input_gradient
         _ops()  # compile or load now: a build error surfaces when the model is built
 
     def build(self, input_shape) -> None:
@@ -185,7 +199,11 @@ class FusedLSTM(layers.Layer):
             bias = tf.linalg.matvec(kernel, self.projection_bias, transpose_a=True) + bias
             kernel = tf.matmul(self.projection_kernel, kernel)  # [features, 4 * units]
         h, _c, _gates = _ops().seqmnist_lstm_sequence(
-            x=rows, kernel=kernel, recurrent_kernel=self.recurrent_kernel, bias=bias
+            x=rows,
+            kernel=kernel,
+            recurrent_kernel=self.recurrent_kernel,
+            bias=bias,
+            input_gradient=self.input_gradient,
         )
         return h if self.return_sequences else h[:, -1, :]
 
@@ -200,4 +218,5 @@ class FusedLSTM(layers.Layer):
             "units": self.units,
             "return_sequences": self.return_sequences,
             "input_projection": self.input_projection,
+            "input_gradient": self.input_gradient,
         }

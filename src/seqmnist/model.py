@@ -51,6 +51,7 @@ def build_model(
                 params.units,
                 return_sequences=not is_last,
                 input_projection=params.input_projection if index == 0 else None,
+                input_gradient=index > 0,  # the first layer reads the data
                 name=name,
             )
         else:

@@ -140,7 +140,9 @@ class LstmSequenceOp : public OpKernel {
 
 class LstmSequenceGradOp : public OpKernel {
  public:
-  explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("input_gradient", &input_gradient_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     Sizes n;
@@ -161,7 +163,8 @@ class LstmSequenceGradOp : public OpKernel {
     const float* dh_out = ctx->input(6).flat<float>().data();
 
     Tensor *dx_out, *dkernel_out, *drecurrent_out, *dbias_out;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, ctx->input(0).shape(), &dx_out));
+    const TensorShape dx_shape = input_gradient_ ? ctx->input(0).shape() : TensorShape({0, 0, 0});
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, dx_shape, &dx_out));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {I, G}, &dkernel_out));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, {H, G}, &drecurrent_out));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(3, {G}, &dbias_out));
@@ -176,21 +179,22 @@ class LstmSequenceGradOp : public OpKernel {
 
     std::vector<float> dgates(n.batch * T * G);  // d loss / d pre-activation gates
     const int blocks = RowBlocks(ctx, n.batch);
-    std::vector<Matrix> block_dkernel(blocks), block_drecurrent(blocks);
+    std::vector<Matrix> block_dweights(blocks);  // [d kernel; d recurrent_kernel] per block
     std::vector<Eigen::RowVectorXf> block_dbias(blocks);
     ForEachRowBlock(n.batch, blocks, [&](int64_t begin, int64_t end, int block) {
       const int64_t rows = end - begin;
       Eigen::ArrayXXf dh_next = Eigen::ArrayXXf::Zero(H, rows);  // column per row: contiguous
       Eigen::ArrayXXf dc_next = Eigen::ArrayXXf::Zero(H, rows);
+      Eigen::ArrayXf tanh_c(H), dh_t(H), dc(H);
       Matrix dh_recurrent(rows, H);
       for (int64_t t = T - 1; t >= 0; --t) {
         for (int64_t row = 0; row < rows; ++row) {
           const int64_t at = (begin + row) * T + t;
           const float* z = gates + at * G;
           ConstArrayMap gate_i(z, H), gate_f(z + H, H), cell(z + 2 * H, H), gate_o(z + 3 * H, H);
-          const Eigen::ArrayXf tanh_c = ConstArrayMap(c + at * H, H).tanh();
-          const Eigen::ArrayXf dh_t = ConstArrayMap(dh_out + at * H, H) + dh_next.col(row);
-          const Eigen::ArrayXf dc = dc_next.col(row) + dh_t * gate_o * (1.0f - tanh_c.square());
+          tanh_c = ConstArrayMap(c + at * H, H).tanh();
+          dh_t = ConstArrayMap(dh_out + at * H, H) + dh_next.col(row);
+          dc = dc_next.col(row) + dh_t * gate_o * (1.0f - tanh_c.square());
           float* dz = dgates.data() + at * G;
           ArrayMap(dz, H) = dc * cell * gate_i * (1.0f - gate_i);
           if (t > 0) {
@@ -211,22 +215,27 @@ class LstmSequenceGradOp : public OpKernel {
       }
       // Over all steps of the block at once.
       ConstMatrixMap block_dz(dgates.data() + begin * T * G, rows * T, G);
-      MatrixMap(dx + begin * T * I, rows * T, I).noalias() = block_dz * kernel.transpose();
-      block_dkernel[block].noalias() =
-          ConstMatrixMap(x + begin * T * I, rows * T, I).transpose() * block_dz;
-      Matrix h_previous = Matrix::Zero(rows * T, H);  // row (b, t) holds h[b, t-1]; zero at t = 0
-      for (int64_t row = 0; row < rows; ++row) {
-        h_previous.middleRows(row * T + 1, T - 1) = ConstMatrixMap(h + ((begin + row) * T) * H, T - 1, H);
+      if (input_gradient_) {
+        MatrixMap(dx + begin * T * I, rows * T, I).noalias() = block_dz * kernel.transpose();
       }
-      block_drecurrent[block].noalias() = h_previous.transpose() * block_dz;
+      // Row (b, t) holds [x[b, t], h[b, t-1]] (h[b, -1] = 0): both weight gradients in one product.
+      Matrix inputs = Matrix::Zero(rows * T, I + H);
+      inputs.leftCols(I) = ConstMatrixMap(x + begin * T * I, rows * T, I);
+      for (int64_t row = 0; row < rows; ++row) {
+        inputs.block(row * T + 1, I, T - 1, H) = ConstMatrixMap(h + ((begin + row) * T) * H, T - 1, H);
+      }
+      block_dweights[block].noalias() = inputs.transpose() * block_dz;
       block_dbias[block] = block_dz.colwise().sum();
     });
     for (int block = 0; block < blocks; ++block) {
-      dkernel += block_dkernel[block];
-      drecurrent += block_drecurrent[block];
+      dkernel += block_dweights[block].topRows(I);
+      drecurrent += block_dweights[block].bottomRows(H);
       dbias += block_dbias[block];
     }
   }
+
+ private:
+  bool input_gradient_;  // false when x is data: its gradient is never used
 };
 
 tensorflow::Status SequenceShape(InferenceContext* ctx) {
@@ -243,7 +252,9 @@ tensorflow::Status SequenceShape(InferenceContext* ctx) {
 }
 
 tensorflow::Status GradShape(InferenceContext* ctx) {
-  ctx->set_output(0, ctx->input(0));
+  bool input_gradient;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("input_gradient", &input_gradient));
+  ctx->set_output(0, input_gradient ? ctx->input(0) : ctx->MakeShape({0, 0, 0}));
   ctx->set_output(1, ctx->input(1));
   ctx->set_output(2, ctx->input(2));
   ShapeHandle recurrent;
@@ -262,6 +273,7 @@ REGISTER_OP("SeqmnistLstmSequence")
     .Output("h: float")                // [batch, time, units]
     .Output("c: float")                // [batch, time, units]
     .Output("gates: float")            // [batch, time, 4 * units], after their activations
+    .Attr("input_gradient: bool = true")  // passed on to the gradient op
     .SetShapeFn(SequenceShape);
 
 REGISTER_OP("SeqmnistLstmSequenceGrad")
@@ -276,6 +288,7 @@ REGISTER_OP("SeqmnistLstmSequenceGrad")
     .Output("dkernel: float")
     .Output("drecurrent_kernel: float")
     .Output("dbias: float")
+    .Attr("input_gradient: bool = true")  // false: dx is empty, [0, 0, 0]
     .SetShapeFn(GradShape);
 
 REGISTER_KERNEL_BUILDER(Name("SeqmnistLstmSequence").Device(tensorflow::DEVICE_CPU), LstmSequenceOp);
