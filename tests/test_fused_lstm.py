@@ -159,3 +159,24 @@ def test_layer_fed_by_data_skips_its_input_gradient():
     assert input_gradient is None
     for got, want in zip(weight_gradients, with_input[2:], strict=True):
         np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_training_model_starts_where_keras_would():
+    """Same seed: the kernel's model has Keras's initial weights and dropout stream."""
+    import keras
+
+    from seqmnist.config import TrainParams
+    from seqmnist.train import new_training_model, seed_everything
+
+    params = TrainParams(model=ModelParams(units=8, input_projection=6, dropout=0.3))
+    seed_everything(params.seed)
+    fused = new_training_model(params, 5, 7)
+    seed_everything(params.seed)
+    plain = new_training_model(params.model_copy(update={"fused_lstm": False}), 5, 7)
+    assert any(isinstance(layer, FusedLSTM) for layer in fused.layers)
+    assert not any(isinstance(layer, FusedLSTM) for layer in plain.layers)
+    for got, want in zip(fused.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    rows = np.random.default_rng(0).uniform(0, 1, (16, 5, 7)).astype(np.float32)
+    np.testing.assert_allclose(fused(rows, training=True), plain(rows, training=True), atol=1e-5)
+    assert keras.layers.Dropout in {type(layer) for layer in fused.layers}

@@ -14,6 +14,11 @@ RECURRENT_CELLS = {
 }
 
 
+def fusable(params: ModelParams) -> bool:
+    """Whether our C++ kernel can train these recurrent layers (unidirectional LSTM)."""
+    return params.cell == "lstm" and not params.bidirectional
+
+
 def build_model(
     params: ModelParams,
     time_steps: int,
@@ -37,7 +42,7 @@ def build_model(
     """
     rows = keras.Input(shape=(time_steps, features), name="rows")
     hidden = rows
-    fuse = fused_lstm and params.cell == "lstm" and not params.bidirectional
+    fuse = fused_lstm and fusable(params)
     if params.input_projection and not fuse:
         hidden = layers.Dense(params.input_projection, name="row_projection")(hidden)
     cell = RECURRENT_CELLS[params.cell]

@@ -161,12 +161,25 @@ def compile_model(model, params: TrainParams, steps_per_epoch: int) -> None:
 
 def new_training_model(params: TrainParams, time_steps: int, features: int):
     """The model `fit` trains: LSTM layers in our C++ kernel (`train.fused_lstm`), other cells
-    unrolled over the time steps; both are faster on CPU (bench/README.md)."""
-    from seqmnist.model import build_model
+    unrolled over the time steps; both are faster on CPU (bench/README.md).
 
-    return build_model(
-        params.model, time_steps, features, NUM_CLASSES, unroll=True, fused_lstm=params.fused_lstm
-    )
+    The kernel's model starts from the weights and dropout streams Keras's own layers draw from
+    the seed, so `train.fused_lstm` changes the speed and the rounding, not the experiment.
+    """
+    import keras
+
+    from seqmnist.model import build_model, fusable
+
+    keras_form = build_model(params.model, time_steps, features, NUM_CLASSES, unroll=True)
+    if not (params.fused_lstm and fusable(params.model)):
+        return keras_form
+    fused = build_model(params.model, time_steps, features, NUM_CLASSES, fused_lstm=True)
+    fused.set_weights(keras_form.get_weights())
+    for layer in fused.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            state = keras_form.get_layer(layer.name).seed_generator.state
+            layer.seed_generator.state.assign(state)
+    return fused
 
 
 def rolled_copy(model, params: TrainParams, time_steps: int, features: int):
