@@ -294,11 +294,22 @@ def _epoch_progress_class():
     return EpochProgress
 
 
+PREFETCH_BATCHES = 2
+
+
 def _batches(x: np.ndarray, y: np.ndarray, batch_size: int):
+    """Batches of in-memory arrays, with tf.data's autotuning off.
+
+    With autotuning on, ending an iteration waited for the autotuner's thread, which sleeps on
+    a doubling timer (10 ms, 20 ms, ... 2.56 s): a `fit` call returned only at its next wake-up,
+    so an epoch of 7 s often took 10.3 s (bench/README.md). Slicing arrays needs no tuning.
+    """
     import tensorflow as tf
 
+    options = tf.data.Options()
+    options.autotune.enabled = False
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
 def run(
