@@ -317,3 +317,15 @@ def test_shift_images_moves_content_within_bounds_and_zero_fills():
     again = shift_images(np.repeat(image, 200, axis=0), 2, np.random.default_rng(0))
     np.testing.assert_array_equal(shifted, again)
     assert shift_images(image, 0, np.random.default_rng(0)) is image
+
+
+def test_batches_cover_the_arrays_in_order_without_autotuning():
+    """tf.data's autotuner made ending an epoch wait up to seconds for its timer thread."""
+    x = np.arange(10 * 2 * 3, dtype=np.float32).reshape(10, 2, 3)
+    y = np.arange(10)
+    dataset = train._batches(x, y, 4)
+    assert dataset.options().autotune.enabled is False
+    batches = list(dataset.as_numpy_iterator())
+    assert [len(labels) for _, labels in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([rows for rows, _ in batches]), x)
+    np.testing.assert_array_equal(np.concatenate([labels for _, labels in batches]), y)
