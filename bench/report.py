@@ -58,7 +58,7 @@ def _training(training: dict) -> list[str]:
         "| --- | ---: | ---: | ---: |",
     ]
     for label, key in (
-        ("ours (Keras, train.py path)", "keras"),
+        ("ours (train.py path: Keras + our LSTM kernel)", "keras"),
         ("PyTorch, same architecture", "torch"),
     ):
         entry = training.get(key)
