@@ -58,3 +58,20 @@ def test_unknown_top_level_keys_are_rejected(tmp_path):
     done = seqmnist("train", cwd=tmp_path)
     assert done.returncode == 2
     assert "trian" in done.stderr
+
+
+def test_train_without_a_compiler_says_how_to_go_on(tmp_path, monkeypatch):
+    from tiny_data import write_processed
+
+    write_processed(tmp_path / "data" / "processed")
+    (tmp_path / "params.yaml").write_text(
+        "download:\n  mirrors: [x]\ntrain:\n  epochs: 2\n  batch_size: 32\n"
+        "  model:\n    units: 4\n    input_projection: 4\n"
+    )
+    monkeypatch.setenv("CXX", "no-such-compiler-for-seqmnist")
+    monkeypatch.setenv("SEQMNIST_KERNEL_DIR", str(tmp_path / "kernels"))
+    done = seqmnist("train", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "seqmnist train: error: cannot compile" in done.stderr
+    assert "lstm_sequence.cc" in done.stderr and "train.fused_lstm: false" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from seqmnist.errors import ConfigError
+from seqmnist.errors import SeqmnistError
 
 SOURCE = Path(__file__).with_name("kernels") / "lstm_sequence.cc"
 KERNEL_DIR_ENV = "SEQMNIST_KERNEL_DIR"
@@ -31,8 +31,8 @@ OPTIMIZE_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-Wno-deprecated-d
 BUILD_TIMEOUT_S = 600
 
 
-class KernelBuildError(ConfigError):
-    """The C++ kernel could not be compiled or loaded."""
+class KernelBuildError(SeqmnistError):
+    """The C++ kernel could not be compiled or loaded (the CLI prints it, no traceback)."""
 
 
 def _cpu_flags() -> str:
