@@ -329,3 +329,16 @@ def test_batches_cover_the_arrays_in_order_without_autotuning():
     assert [len(labels) for _, labels in batches] == [4, 4, 2]
     np.testing.assert_array_equal(np.concatenate([rows for rows, _ in batches]), x)
     np.testing.assert_array_equal(np.concatenate([labels for _, labels in batches]), y)
+
+
+def test_shift_images_equals_a_window_of_the_zero_padded_image():
+    """The definition, image by image: window (row_start, column_start) of the padded image."""
+    images = np.random.default_rng(1).uniform(0, 1, (300, 7, 6)).astype(np.float32)
+    shifted = shift_images(images, 3, np.random.default_rng(5))
+    draws = np.random.default_rng(5)
+    row_start = draws.integers(0, 7, size=300)
+    column_start = draws.integers(0, 7, size=300)
+    for index, image in enumerate(images):
+        padded = np.pad(image, 3)
+        r, c = row_start[index], column_start[index]
+        np.testing.assert_array_equal(shifted[index], padded[r : r + 7, c : c + 6])
