@@ -6,7 +6,8 @@
 // Here the batch is cut into one block of rows per worker thread; rows of an LSTM never interact,
 // so each thread runs all time steps of its block with no synchronisation, and every matrix
 // product is one Eigen GEMM built for this CPU (compiled with -march=native by fused_lstm.py).
-// The gradients of the input and of both weight matrices are one GEMM each over all time steps.
+// Over all time steps at once: one GEMM for the input gradient (when asked for), one for both
+// weight gradients.
 // Block partial sums are added in block order: for a given thread count the result is the same
 // on every run.
 
