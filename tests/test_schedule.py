@@ -125,17 +125,27 @@ def crons(deployment: dict) -> list[str]:
 
 
 def run_to_completion(server: Server, deployment: dict, log: Path, parameters: dict) -> dict:
-    """Trigger a run of `deployment` now and wait for its final state."""
-    created = httpx.post(
-        f"{server.url}/deployments/{deployment['id']}/create_flow_run",
-        json={"parameters": parameters},
-        timeout=10,
-    )
-    created.raise_for_status()
-    run_id = created.json()["id"]
+    """Trigger a run of `deployment` now and wait for its final state.
+
+    Requests go through `wait_for`, which retries HTTP errors: the server answers 503 while its
+    SQLite database is locked by another writer, and Prefect's own client retries those too.
+    """
+
+    def create_run() -> str:
+        created = httpx.post(
+            f"{server.url}/deployments/{deployment['id']}/create_flow_run",
+            json={"parameters": parameters},
+            timeout=10,
+        )
+        created.raise_for_status()
+        return created.json()["id"]
+
+    run_id = wait_for("create a flow run", create_run, DEPLOYMENT_TIMEOUT_S, log)
 
     def final_state() -> dict | None:
-        state = httpx.get(f"{server.url}/flow_runs/{run_id}", timeout=10).json()["state"]
+        response = httpx.get(f"{server.url}/flow_runs/{run_id}", timeout=10)
+        response.raise_for_status()
+        state = response.json()["state"]
         return state if state and state["type"] in FINAL_STATES else None
 
     return wait_for(f"flow run {run_id}", final_state, RUN_TIMEOUT_S, log)
