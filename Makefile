@@ -10,17 +10,18 @@ UV_VERSION := 0.13.9
 
 # Stage commands (`seqmnist download`, ...) run from the environment's bin/.
 export PATH := $(abspath $(BIN)):$(PATH)
+# Telemetry off for the tools make starts directly (dvc, prefect); seqmnist's own processes get
+# the same list from src/seqmnist/environment.py.
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export DVC_STUDIO_OFFLINE := 1
 export ORT_DISABLE_TELEMETRY := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export TF_CPP_MIN_LOG_LEVEL := 2
 
 # A subset run in about a minute: for trying things and for CI.
 QUICK_SET := -S train.max_train_samples=5000 -S train.epochs=3 -S train.batch_size=64
 
-.PHONY: env repro test quick lint bench bench-quick clean-env
+.PHONY: env repro test quick lint bench bench-quick demo clean-env
 
 env: $(STAMP)
 
@@ -39,6 +40,10 @@ test: $(STAMP)
 
 quick: $(STAMP)
 	$(BIN)/dvc exp run $(QUICK_SET)
+
+# The web demo (web/, built with npm when needed) with models/onnx/model.onnx, on 127.0.0.1.
+demo: $(STAMP)
+	$(BIN)/seqmnist demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src flows tests bench

@@ -5,7 +5,7 @@
 
 Models: models/onnx/model.onnx (+ model.int8.onnx) and models/keras/model.keras when the
 pipeline has produced them; otherwise the params.yaml architecture with random weights, exported
-with seqmnist.export.convert (and quantized with seqmnist.export.quantize_int8) into a temp
+with seqmnist.onnx.convert.convert (and quantized with its quantize_int8) into a temp
 folder: timing does not depend on the weights. PyTorch's own ONNX export of the same
 architecture runs in the same onnxruntime. Inputs are random [batch, time_steps, features] rows.
 Batch 1 is reported as median latency, batch 256 as samples/s.
@@ -98,9 +98,9 @@ def build_untrained(folder: Path) -> tuple[Path, Path, Path]:
     import keras
     import onnx
 
-    from seqmnist.export import convert, quantize_int8
-    from seqmnist.model import build_model
-    from seqmnist.onnx_graph import streamline_lstm
+    from seqmnist.modeling.model import build_model
+    from seqmnist.onnx.convert import convert, quantize_int8
+    from seqmnist.onnx.streamline import streamline_lstm
 
     keras.utils.set_random_seed(SEED)
     model = build_model(_model_params(), time_steps=TIME_STEPS, features=FEATURES)
@@ -132,7 +132,7 @@ def save_as_converted(keras_path: Path, out_path: Path) -> Path:
     """Our model as tf2onnx writes it, before the export stage streamlines the LSTM graph."""
     import onnx
 
-    from seqmnist.export import convert, load_keras_model
+    from seqmnist.onnx.convert import convert, load_keras_model
 
     model = load_keras_model(keras_path)
     time_steps, features = (int(dim) for dim in model.input_shape[1:])

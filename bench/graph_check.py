@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from seqmnist.export import op_type_counts
+from seqmnist.onnx.convert import op_type_counts
 
 RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
 OVERHEAD_OPS = ("Transpose", "Cast", "Shape", "Gather", "Concat", "Expand", "ConstantOfShape",

@@ -1,7 +1,7 @@
 """Pipeline overhead: what `dvc repro` and the Prefect flow cost when every stage is up to date.
 
-A temp git+DVC copy of the project (tests/conftest.make_project) is reproduced once for real with
-the test suite's quick params, then re-run with nothing to do. When the main workspace is
+A temp clone of the project's committed HEAD is reproduced once for real with quick params
+(QUICK_OVERRIDES), then re-run with nothing to do. When the main workspace is
 already reproduced (`dvc status` clean), its no-op `dvc repro` is timed too: that one hashes the
 full-size data. The Prefect flow runs only in the temp copy, since it records a version.
 """
@@ -15,10 +15,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from seqmnist.environment import TELEMETRY_OFF
+from seqmnist.orchestration.dvc import apply_param_overrides
 from timing import Figure
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FLOW_SCRIPT = PROJECT_ROOT / "flows" / "pipeline.py"
+QUICK_OVERRIDES = (
+    "train.max_train_samples=3000",
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.model.units=32",
+    "train.model.input_projection=32",
+    "gate.min_test_accuracy=0.0",
+)
 SHARED_MNIST = PROJECT_ROOT.parent / "shared" / "mnist"
 BIN_DIR = Path(sys.executable).parent
 FIRST_REPRO_TIMEOUT_S = 900
@@ -31,11 +41,7 @@ def _environment(home: Path) -> dict[str, str]:
     """Telemetry off, tools' state kept in the temp folder, the venv's dvc on PATH."""
     return {
         **os.environ,
-        "DO_NOT_TRACK": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_STUDIO_OFFLINE": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
+        **TELEMETRY_OFF,
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(PREFECT_STARTUP_TIMEOUT_S),
         "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"),
@@ -66,19 +72,24 @@ def _main_workspace_clean(env: dict[str, str]) -> bool:
     return done.returncode == 0
 
 
+def _quick_clone(dest: Path, env: dict[str, str]) -> Path:
+    """A clone of the committed project with the quick params committed on top."""
+    _timed(["git", "clone", "--quiet", str(PROJECT_ROOT), str(dest)], PROJECT_ROOT, env, 120)
+    apply_param_overrides(dest, list(QUICK_OVERRIDES))
+    _timed(["git", "commit", "--quiet", "-am", "bench: quick params"], dest, env, 60)
+    return dest
+
+
 def run(runs: int) -> dict:
     """No-op `dvc repro` and Prefect flow run times (first, real repro reported apart)."""
-    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
-    from conftest import QUICK_PARAMS, make_project
-
     mirror = Path(os.environ.get("SEQMNIST_MIRROR", SHARED_MNIST))
     if not (mirror / "SHA256SUMS").is_file():
         return {"skipped": f"no MNIST mirror at {mirror} (set SEQMNIST_MIRROR)"}
-    result: dict[str, object] = {"runs": runs, "project_params": QUICK_PARAMS}
+    result: dict[str, object] = {"runs": runs, "project_params": list(QUICK_OVERRIDES)}
     with tempfile.TemporaryDirectory(prefix="seqmnist-bench-pipeline-") as tmp:
         home = Path(tmp)
         env = {**_environment(home), "SEQMNIST_MIRROR": str(mirror)}
-        project = make_project(home / "project", QUICK_PARAMS)
+        project = _quick_clone(home / "project", env)
         first = _timed(["dvc", "repro"], project, env, FIRST_REPRO_TIMEOUT_S)
         result["first_repro_s"] = first
         print(f"  first (real) dvc repro with quick params: {first:.1f} s", flush=True)
@@ -86,7 +97,7 @@ def run(runs: int) -> dict:
         result["dvc_repro_noop"] = noop.to_json()
         print(f"  no-op dvc repro: {noop.median:.2f} s", flush=True)
         if FLOW_SCRIPT.is_file():
-            flow = [sys.executable, str(FLOW_SCRIPT), "run", "--project", str(project)]
+            flow = [str(BIN_DIR / "seqmnist"), "flow", "run", "--project", str(project)]
             result["prefect_first_run_s"] = _timed(flow, project, env, NOOP_TIMEOUT_S)
             prefect = _repeat(flow, project, env, runs)
             result["prefect_flow_noop"] = prefect.to_json()
@@ -105,7 +116,6 @@ def run(runs: int) -> dict:
 def _environment_main() -> dict[str, str]:
     return {
         **os.environ,
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_STUDIO_OFFLINE": "1",
+        **TELEMETRY_OFF,
         "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
     }

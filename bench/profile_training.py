@@ -73,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(PROJECT_ROOT)
     import tensorflow as tf
 
-    from seqmnist.train import _batches, compile_model, new_training_model, seed_everything
+    from seqmnist.modeling.training import (
+        batches,
+        compile_model,
+        new_training_model,
+        seed_everything,
+    )
 
     params = load_params().train
     samples = args.steps * params.batch_size
@@ -81,10 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(params.seed)
     model = new_training_model(params, TIME_STEPS, FEATURES)
     compile_model(model, params, args.steps)
-    model.fit(_batches(x, y, params.batch_size), verbose=0)  # trace and warm up, unprofiled
+    model.fit(batches(x, y, params.batch_size), verbose=0)  # trace and warm up, unprofiled
     with tempfile.TemporaryDirectory(prefix="seqmnist-profile-") as trace_dir:
         tf.profiler.experimental.start(trace_dir)
-        model.fit(_batches(x, y, params.batch_size), verbose=0)
+        model.fit(batches(x, y, params.batch_size), verbose=0)
         tf.profiler.experimental.stop()
         millis, calls = op_times(Path(trace_dir))
     total = sum(millis.values())

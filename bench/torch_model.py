@@ -2,7 +2,7 @@
 
 Linear projection per step -> nn.LSTM(batch_first) -> dropout -> Linear on the last step, trained
 with Adam and cross-entropy, averaging the weights when ours does: the same layers, sizes, batch
-and per-step work as seqmnist.model.build_model and seqmnist.train.compile_model. torch is a
+and per-step work as modeling.model.build_model and modeling.training.compile_model. torch is a
 bench-only dependency (`pip install -e '.[bench]'`); import this module only after checking
 `available()`.
 """

@@ -17,7 +17,8 @@ import numpy as np
 import torch_model
 from flops import ModelFlops
 from seqmnist.config import TrainParams
-from seqmnist.dataset import NUM_CLASSES, load_split
+from seqmnist.constants import NUM_CLASSES
+from seqmnist.data.dataset import load_split
 from seqmnist.errors import DataError
 from seqmnist.paths import PROCESSED_DIR
 from timing import Figure, ratio
@@ -69,7 +70,7 @@ class KerasTrainer:
     """Our training stage's code path, one `fit` call per epoch as train.run makes it."""
 
     def __init__(self, params: TrainParams, steps_per_epoch: int) -> None:
-        from seqmnist.train import compile_model, new_training_model, seed_everything
+        from seqmnist.modeling.training import compile_model, new_training_model, seed_everything
 
         seed_everything(params.seed)
         self.params = params
@@ -77,10 +78,10 @@ class KerasTrainer:
         compile_model(self.model, params, steps_per_epoch)
 
     def epoch(self, x: np.ndarray, y: np.ndarray) -> float:
-        from seqmnist.train import _batches
+        from seqmnist.modeling.training import batches
 
         start = time.perf_counter()
-        self.model.fit(_batches(x, y, self.params.batch_size), shuffle=False, verbose=0)
+        self.model.fit(batches(x, y, self.params.batch_size), shuffle=False, verbose=0)
         return time.perf_counter() - start
 
 
@@ -88,7 +89,7 @@ def _epoch_arrays(
     x: np.ndarray, y: np.ndarray, params: TrainParams, epoch: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shuffle and augment as train.run does; both frameworks train on the result."""
-    from seqmnist.train import AUGMENT_STREAM, epoch_order, shift_images
+    from seqmnist.modeling.training import AUGMENT_STREAM, epoch_order, shift_images
 
     order = epoch_order(len(x), params.seed, epoch)
     rng = np.random.default_rng([params.seed, epoch, AUGMENT_STREAM])

@@ -1,17 +1,13 @@
 """seqmnist on Prefect: run the DVC stages in DVC's order, retry them, record and gate each version.
 
 DVC decides what is stale and keeps the lineage (dvc.lock); Prefect decides when runs happen,
-retries failed stages and shows what happened. The work itself lives in seqmnist.orchestration.
-
-    python flows/pipeline.py run [--force] [--stages train ...] [--set train.epochs=2 ...]
-    python flows/pipeline.py serve --cron "0 3 * * *"
+retries failed stages and shows what happened. The work itself lives in seqmnist.orchestration;
+this file holds only the flow, its tasks and their policy. Run it with `seqmnist flow run`,
+serve it with `seqmnist flow serve`, deploy it with prefect.yaml.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +18,11 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
-from seqmnist import orchestration, versions
+from seqmnist import environment
+from seqmnist.orchestration import dvc, finish, runner
+from seqmnist.registry import render, versions
+
+environment.apply_defaults()
 
 # Operational policy, in one place: what the decorators below and the stage subprocesses use.
 STAGE_RETRIES = 2  # a stage failing 3 times in a row fails the run
@@ -30,10 +30,8 @@ STAGE_RETRY_BACKOFF_S = 30.0  # waits 30 s, then 60 s (exponential), with jitter
 SYNC_RETRIES = 3  # dvc pull / dvc push against a remote
 SYNC_RETRY_BACKOFF_S = 10.0
 RETRY_JITTER_FACTOR = 0.2
-STAGE_TIMEOUT_S = orchestration.DEFAULT_STAGE_TIMEOUT_S  # per stage; the subprocess is killed
-SYNC_TIMEOUT_S = orchestration.DEFAULT_SYNC_TIMEOUT_S
-DEFAULT_CRON = "0 3 * * *"
-DEPLOYMENT_NAME = "seqmnist-scheduled"
+STAGE_TIMEOUT_S = runner.DEFAULT_STAGE_TIMEOUT_S  # per stage; the subprocess is killed
+SYNC_TIMEOUT_S = runner.DEFAULT_SYNC_TIMEOUT_S
 VERSIONS_TABLE_KEY = "seqmnist-versions"
 VERSION_DIFF_KEY = "seqmnist-version-diff"
 
@@ -49,7 +47,7 @@ VERSION_DIFF_KEY = "seqmnist-version-diff"
 def repro_stage(project_dir: str, stage: str, force: bool, timeout_s: float) -> dict[str, Any]:
     """One DVC stage via `dvc repro`; DVC skips it when nothing it depends on changed."""
     logger = get_run_logger()
-    result = orchestration.run_stage(
+    result = runner.run_stage(
         Path(project_dir), stage, force=force, timeout_s=timeout_s, on_line=logger.info
     )
     logger.info(
@@ -71,25 +69,25 @@ def repro_stage(project_dir: str, stage: str, force: bool, timeout_s: float) -> 
 )
 def dvc_sync(project_dir: str, direction: str) -> None:
     """`dvc pull` before or `dvc push` after the stages, when a DVC remote is configured."""
-    orchestration.sync_with_remote(Path(project_dir), direction, SYNC_TIMEOUT_S)
+    runner.sync_with_remote(Path(project_dir), direction, SYNC_TIMEOUT_S)
 
 
 @task(name="record-version", cache_policy=NO_CACHE)
-def record_version(project_dir: str) -> orchestration.RunOutcome:
+def record_version(project_dir: str) -> finish.RunOutcome:
     """Append the version to versions/history.jsonl, gate it, promote it if it passes."""
-    return orchestration.finish_run(Path(project_dir), run_id=flow_run.get_id())
+    return finish.finish_run(Path(project_dir), run_id=flow_run.get_id())
 
 
-def publish(outcome: orchestration.RunOutcome) -> None:
+def publish(outcome: finish.RunOutcome) -> None:
     """The history as a table under a stable key, and this version's diff as Markdown."""
     create_table_artifact(
-        table=versions.table_rows(outcome.history),
+        table=render.table_rows(outcome.history),
         key=VERSIONS_TABLE_KEY,
         description="Every recorded seqmnist model version (versions/history.jsonl).",
     )
     diff = versions.diff_versions(outcome.previous, outcome.entry) if outcome.previous else None
     create_markdown_artifact(
-        markdown=versions.render_diff_markdown(diff, outcome.entry),
+        markdown=render.render_diff_markdown(diff, outcome.entry),
         key=VERSION_DIFF_KEY,
         description="This run's version against the previously recorded one.",
     )
@@ -105,12 +103,12 @@ def seqmnist_pipeline(
 ) -> State:
     """Pull, run the stages DVC's graph orders, push, then record, gate and promote the version."""
     logger = get_run_logger()
-    root = orchestration.find_project_root(project_dir)
-    remote = orchestration.default_remote(root)
+    root = dvc.find_project_root(project_dir)
+    remote = dvc.default_remote(root)
     if remote:
         dvc_sync(str(root), "pull")
-    orchestration.apply_param_overrides(root, set_params or [])
-    order = orchestration.stage_order(root, stages)
+    dvc.apply_param_overrides(root, set_params or [])
+    order = dvc.stage_order(root, stages)
     logger.info("stages in DVC order: %s", " -> ".join(order))
     for stage in order:
         repro_stage(str(root), stage, force, stage_timeout_s)
@@ -123,84 +121,3 @@ def seqmnist_pipeline(
     if outcome.decision.blocked:
         return Failed(message=message, name="NotPromoted", data=entry)
     return Completed(message=message, data=entry)
-
-
-def _run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--project", default=None, help="DVC project folder (default: the one holding the cwd)"
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="rerun the selected stages (and their upstream) even if DVC finds them unchanged",
-    )
-    parser.add_argument(
-        "--stages",
-        nargs="+",
-        metavar="STAGE",
-        help="run only these stages plus the stages they depend on; a run that leaves other "
-        "stages stale records its version but promotes nothing",
-    )
-    parser.add_argument(
-        "--set",
-        dest="set_params",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a param, as `dvc exp run -S` does: params.yaml is updated in place "
-        "(revert with `git checkout params.yaml`); repeatable",
-    )
-    parser.add_argument(
-        "--stage-timeout",
-        type=float,
-        default=STAGE_TIMEOUT_S,
-        metavar="SECONDS",
-        help=f"kill a stage that runs longer than this (default {STAGE_TIMEOUT_S:.0f})",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python flows/pipeline.py",
-        description=(
-            "Run the seqmnist DVC pipeline under Prefect: stages in DVC's dependency order, each\n"
-            "through `dvc repro` (unchanged stages are skipped) with retries and a timeout;\n"
-            "`dvc pull`/`dvc push` when a DVC remote is configured; then the version is recorded\n"
-            "in versions/history.jsonl and Prefect artifacts, and promoted to models/promoted/\n"
-            "if it passes the quality gate (params.yaml: gate)."
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run the pipeline once, now")
-    _run_options(run)
-    serve = sub.add_parser(
-        "serve", help="serve a scheduled deployment from this process (Ctrl-C stops it)"
-    )
-    _run_options(serve)
-    serve.add_argument(
-        "--cron", default=DEFAULT_CRON, help=f'cron schedule (default "{DEFAULT_CRON}")'
-    )
-    serve.add_argument("--name", default=DEPLOYMENT_NAME, help="deployment name")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    root = str(orchestration.find_project_root(args.project))
-    parameters = {
-        "project_dir": root,
-        "force": args.force,
-        "stages": args.stages,
-        "set_params": args.set_params,
-        "stage_timeout_s": args.stage_timeout,
-    }
-    if args.command == "serve":
-        seqmnist_pipeline.serve(name=args.name, cron=args.cron, parameters=parameters)
-        return 0
-    state = seqmnist_pipeline(**parameters, return_state=True)
-    print(f"{state.name}: {state.message}", file=sys.stderr if state.is_failed() else sys.stdout)
-    return 0 if state.is_completed() else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

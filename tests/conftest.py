@@ -1,30 +1,22 @@
-"""Shared test setup: telemetry off, tool state kept in the test run, MNIST mirror, DVC repos."""
+"""Shared test setup: telemetry off, tool state kept in the test run, MNIST mirror."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_MNIST = PROJECT_ROOT.parent / "shared" / "mnist"
-BIN_DIR = Path(sys.executable).parent
-
-# Files a temporary project copy needs to run the pipeline with DVC.
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "src", ".dvcignore")
+from seqmnist.environment import TELEMETRY_OFF
+from support.project import BIN_DIR, SHARED_MNIST
 
 os.environ.update(
     {
-        "DO_NOT_TRACK": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_STUDIO_OFFLINE": "1",
-        "ORT_DISABLE_TELEMETRY": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **TELEMETRY_OFF,
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        # Set before any test module imports Keras, so no ~/.keras/keras.json leaks in.
+        "KERAS_HOME": tempfile.mkdtemp(prefix="seqmnist-tests-keras-"),
         "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
     }
 )
@@ -32,9 +24,8 @@ os.environ.update(
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_tool_homes(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Keras, Prefect and DVC keep their state inside this test session's temp folder."""
+    """Prefect and DVC keep their state inside this test session's temp folder."""
     homes = tmp_path_factory.mktemp("homes")
-    os.environ["KERAS_HOME"] = str(homes / "keras")
     os.environ.setdefault("PREFECT_HOME", str(homes / "prefect"))
     os.environ["DVC_GLOBAL_CONFIG_DIR"] = str(homes / "dvc-global")
     os.environ["DVC_SITE_CACHE_DIR"] = str(homes / "dvc-site")
@@ -42,8 +33,8 @@ def _isolated_tool_homes(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory):
-    """The tiny trained-and-exported model (tests/tiny_export.py), built once per session."""
-    from tiny_export import build_tiny_export
+    """The tiny trained-and-exported model (support/tiny_export.py), built once per session."""
+    from support.tiny_export import build_tiny_export
 
     return build_tiny_export(tmp_path_factory.mktemp("tiny_export"))
 
@@ -55,70 +46,3 @@ def mnist_mirror() -> Path:
     if not (mirror / "SHA256SUMS").is_file():
         pytest.fail(f"no MNIST mirror at {mirror}: set SEQMNIST_MIRROR or place ../shared/mnist")
     return mirror
-
-
-def run(cmd: list[str], cwd: Path, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
-    """Run a command, failing the test with its output if it exits non-zero."""
-    done = subprocess.run(
-        cmd,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **env},
-    )
-    if done.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def set_params(project: Path, overrides: dict[str, object]) -> None:
-    """Write dotted overrides (``train.model.units``) into a project's params.yaml."""
-    import yaml
-
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        node = params
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def init_repo(dest: Path, message: str) -> Path:
-    """Turn a folder into a git+DVC repository with everything in it committed."""
-    run(["git", "init", "-q"], dest)
-    run(["git", "config", "user.email", "tests@seqmnist.invalid"], dest)
-    run(["git", "config", "user.name", "seqmnist tests"], dest)
-    run(["dvc", "init", "-q"], dest)
-    run(["dvc", "config", "core.analytics", "false"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-qm", message], dest)
-    return dest
-
-
-def make_project(dest: Path, params_overrides: dict[str, object] | None = None) -> Path:
-    """A fresh git+DVC repository holding a copy of this project's pipeline."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        source = PROJECT_ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, dest / name)
-    if params_overrides:
-        set_params(dest, params_overrides)
-    return init_repo(dest, "pipeline")
-
-
-QUICK_PARAMS: dict[str, object] = {
-    "train.max_train_samples": 3000,
-    "train.epochs": 2,
-    "train.batch_size": 64,
-    "train.learning_rate": 0.005,
-    "train.model.units": 32,
-    "train.model.input_projection": 32,
-    "export.quantize_int8": True,
-    "gate.min_test_accuracy": 0.0,
-}

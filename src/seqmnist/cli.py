@@ -1,8 +1,10 @@
-"""`seqmnist`: one subcommand per DVC stage, plus `predict` and `versions`.
+"""`seqmnist`: the one command line. A subcommand per DVC stage, plus `predict`, `demo`,
+`versions` and `flow`.
 
-A thin layer: it parses arguments, loads params.yaml once, and calls the same stage functions that
-tests and the Prefect flow call. Stage modules are imported lazily so that `seqmnist predict`
-never imports TensorFlow.
+A thin layer: it parses arguments, loads params.yaml once, and calls the same functions tests and
+the Prefect flow call. Everything heavier than the standard library is imported inside the
+handlers, so `seqmnist predict` works where only the base distribution (numpy, Pillow,
+onnxruntime) is installed, and a pipeline command there says which extra to install.
 """
 
 from __future__ import annotations
@@ -13,10 +15,24 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from seqmnist import __version__
-from seqmnist.errors import SeqmnistError
+from seqmnist import __version__, environment, logs
+from seqmnist.errors import MissingExtraError, SeqmnistError
+from seqmnist.paths import FLOW_ENTRYPOINT, ONNX_MODEL, PARAMS_FILE
 
 MIRROR_ENV = "SEQMNIST_MIRROR"
+PIPELINE_EXTRA = "pipeline"
+# Top-level modules only the pipeline extra installs.
+PIPELINE_MODULES = frozenset(
+    {"tensorflow", "keras", "tf2onnx", "onnx", "dvc", "dvclive", "prefect", "yaml", "pydantic",
+     "httpx", "tenacity", "tqdm", "matplotlib", "networkx", "gto"}
+)  # fmt: skip
+DEFAULT_CRON = "0 3 * * *"
+DEFAULT_DEPLOYMENT = "seqmnist-scheduled"
+RAW = argparse.RawDescriptionHelpFormatter
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+# --------------------------------------------------------------------------- handlers
 
 
 def _params(args: argparse.Namespace):
@@ -26,85 +42,109 @@ def _params(args: argparse.Namespace):
 
 
 def _download(args: argparse.Namespace) -> None:
-    from seqmnist import download
+    from seqmnist.stages import download
 
     mirror = args.mirror or os.environ.get(MIRROR_ENV) or None
     download.run(_params(args).download, mirror=mirror, progress=not args.no_progress)
 
 
 def _preprocess(args: argparse.Namespace) -> None:
-    from seqmnist import preprocess
+    from seqmnist.stages import preprocess
 
     preprocess.run(_params(args).preprocess)
 
 
 def _train(args: argparse.Namespace) -> None:
-    from seqmnist import train
+    logs.import_tensorflow()
+    from seqmnist.stages import train
 
     train.run(_params(args).train, progress=not args.no_progress)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from seqmnist import evaluate
+    logs.import_tensorflow()
+    from seqmnist.stages import evaluate
 
     evaluate.run(_params(args).evaluate)
 
 
 def _export(args: argparse.Namespace) -> None:
-    from seqmnist import export
+    logs.import_tensorflow()
+    from seqmnist.stages import export
 
     export.run(_params(args).export)
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from seqmnist import predict
+    from seqmnist.serving import predict
 
     predict.main(args)
 
 
+def _demo(args: argparse.Namespace) -> int | None:
+    from seqmnist.serving import demo
+
+    return demo.main(args)
+
+
 def _versions(args: argparse.Namespace) -> None:
-    from seqmnist import versions
+    from seqmnist.registry import render
 
-    versions.main(args)
+    render.main(args)
 
 
-def _add_stage(
-    subparsers: argparse._SubParsersAction,
-    name: str,
-    handler: Callable[[argparse.Namespace], None],
-    summary: str,
-    details: str,
+def _flow(args: argparse.Namespace) -> int:
+    """Load the flow from the project's flows/pipeline.py, as a Prefect deployment would."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    from seqmnist.orchestration.dvc import find_project_root
+
+    root = find_project_root(args.project)
+    flow = load_flow_from_entrypoint(str(root / FLOW_ENTRYPOINT))
+    parameters = {
+        "project_dir": str(root),
+        "force": args.force,
+        "stages": args.stages,
+        "set_params": args.set_params,
+    }
+    if args.stage_timeout is not None:
+        parameters["stage_timeout_s"] = args.stage_timeout
+    if args.action == "serve":
+        flow.serve(name=args.name, cron=args.cron, parameters=parameters)
+        return 0
+    state = flow(**parameters, return_state=True)
+    print(f"{state.name}: {state.message}", file=sys.stderr if state.is_failed() else sys.stdout)
+    return 0 if state.is_completed() else 1
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _command(
+    sub: argparse._SubParsersAction, name: str, handler: Handler, summary: str, details: str
 ) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        name,
-        help=summary,
-        description=f"{summary}\n\n{details}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--params",
-        type=Path,
-        default=Path("params.yaml"),
-        help="parameters file (default: params.yaml in the current folder)",
+    parser = sub.add_parser(
+        name, help=summary, description=f"{summary}\n\n{details}", formatter_class=RAW
     )
     parser.set_defaults(handler=handler, command=name)
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="seqmnist",
-        description=(
-            "Train a recurrent MNIST classifier that reads each image row by row, version it\n"
-            "with DVC, and ship it as ONNX. Each stage subcommand is what `dvc repro` runs;\n"
-            "run it from the project root (where dvc.yaml and params.yaml live)."
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _stage(
+    sub: argparse._SubParsersAction, name: str, handler: Handler, summary: str, details: str
+) -> argparse.ArgumentParser:
+    parser = _command(sub, name, handler, summary, details)
+    parser.add_argument(
+        "--params",
+        type=Path,
+        default=PARAMS_FILE,
+        help="parameters file (default: params.yaml in the current folder)",
     )
-    parser.add_argument("--version", action="version", version=f"seqmnist {__version__}")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    return parser
 
-    download = _add_stage(
+
+def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
+    download = _stage(
         sub,
         "download",
         _download,
@@ -118,8 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--mirror", help=f"mirror tried before the configured ones (overrides ${MIRROR_ENV})"
     )
     download.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-    _add_stage(
+    _stage(
         sub,
         "preprocess",
         _preprocess,
@@ -128,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a seeded, stratified validation split is carved from the training set; the test set\n"
         "is left untouched. Dataset statistics go to metrics/data.json.",
     )
-    train = _add_stage(
+    train = _stage(
         sub,
         "train",
         _train,
@@ -137,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "with DVCLive under dvclive/train/; an interrupted run resumes from checkpoints/train/.",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    _add_stage(
+    _stage(
         sub,
         "evaluate",
         _evaluate,
@@ -145,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Accuracy, loss, per-class precision/recall/F1 and macro averages; a confusion matrix\n"
         "(plots/confusion.csv) and the most confidently wrong images (plots/misclassified.png).",
     )
-    _add_stage(
+    _stage(
         sub,
         "export",
         _export,
@@ -155,58 +194,157 @@ def build_parser() -> argparse.ArgumentParser:
         "disagree on any test image.",
     )
 
-    predict = sub.add_parser(
-        "predict",
-        help="Classify images, .npy arrays or IDX files with the ONNX model (no TensorFlow).",
-        description=(
-            "Classify digits with the exported ONNX model, using onnxruntime only.\n"
-            "Inputs: PNG/JPEG images of any size (converted to grayscale and resized), .npy\n"
-            "arrays [N, rows, columns] or [rows, columns], and IDX image files (.gz or not)."
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    predict.add_argument("inputs", nargs="+", type=Path, help="files to classify")
-    predict.add_argument(
-        "--model", type=Path, default=Path("models/onnx/model.onnx"), help="ONNX model file"
-    )
-    predict.add_argument(
-        "--dark-on-light",
-        action="store_true",
-        help="invert images first (for dark digits on a light background, e.g. scans)",
-    )
-    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
-    predict.add_argument("--batch-size", type=int, default=256, help="images per ONNX call")
-    predict.set_defaults(handler=_predict, command="predict")
 
-    versions = sub.add_parser(
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    from seqmnist.serving.predict import add_arguments
+
+    predict = _command(
+        sub,
+        "predict",
+        _predict,
+        "Classify images, .npy arrays or IDX files with the ONNX model (no TensorFlow).",
+        "Uses onnxruntime only: this works where only the base distribution is installed.\n"
+        "Inputs: PNG/JPEG images of any size, .npy arrays [N, rows, columns] or\n"
+        "[rows, columns], and IDX image files (.gz or not).",
+    )
+    add_arguments(predict)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    demo = _command(
+        sub,
+        "demo",
+        _demo,
+        "Serve the web demo: draw a digit, onnxruntime-web classifies it in the browser.",
+        "Builds web/ when needed (npm), then serves it on 127.0.0.1 with the chosen model\n"
+        "and prints the URL. Ctrl-C stops it.",
+    )
+    demo.add_argument(
+        "--model", type=Path, default=ONNX_MODEL, help=f"ONNX model to serve (default {ONNX_MODEL})"
+    )
+    demo.add_argument(
+        "--stage",
+        default=None,
+        help="serve the model registered at this stage (e.g. prod) instead of --model",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    demo.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
+    demo.add_argument("--no-build", action="store_true", help="serve web/dist/ as it is")
+
+
+def _add_versions(sub: argparse._SubParsersAction) -> None:
+    versions = _command(
+        sub,
         "versions",
-        help="List recorded model versions or diff two of them.",
-        description=(
-            "The Prefect flow appends every new model version (git commit, data and model\n"
-            "hashes, params, metrics) to versions/history.jsonl. `versions list` shows them;\n"
-            "`versions diff A B` compares two (default: the last two)."
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        _versions,
+        "List recorded model versions or diff two of them.",
+        "Every run of the Prefect flow records its model version (data and model hashes,\n"
+        "params, metrics, git commit). `versions list` shows them; `versions diff A B`\n"
+        "compares two (default: the last two).",
     )
     versions.add_argument("action", choices=["list", "diff"], nargs="?", default="list")
     versions.add_argument("refs", nargs="*", help="version ids (or prefixes) to diff")
     versions.add_argument("--history", type=Path, default=None, help="history file to read")
     versions.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    versions.set_defaults(handler=_versions, command="versions")
+
+
+def _add_flow(sub: argparse._SubParsersAction) -> None:
+    flow = _command(
+        sub,
+        "flow",
+        _flow,
+        "Run the pipeline under Prefect, now (`run`) or on a schedule (`serve`).",
+        "Stages run in DVC's dependency order, each through `dvc repro` (unchanged stages are\n"
+        "skipped) with retries and a timeout; `dvc pull`/`dvc push` when a DVC remote is\n"
+        "configured; then the version is recorded, gated (params.yaml: gate) and promoted.\n"
+        f"The flow itself is {FLOW_ENTRYPOINT}, the entrypoint prefect.yaml deploys.",
+    )
+    flow.add_argument("action", choices=["run", "serve"], help="run once now, or serve")
+    flow.add_argument(
+        "--project", default=None, help="DVC project folder (default: the one holding the cwd)"
+    )
+    flow.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun the selected stages (and their upstream) even if DVC finds them unchanged",
+    )
+    flow.add_argument(
+        "--stages",
+        nargs="+",
+        metavar="STAGE",
+        help="run only these stages plus the stages they depend on; a run that leaves other "
+        "stages stale records its version but promotes nothing",
+    )
+    flow.add_argument(
+        "--set",
+        dest="set_params",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a param, as `dvc exp run -S` does: params.yaml is updated in place "
+        "(revert with `git checkout params.yaml`); repeatable",
+    )
+    flow.add_argument(
+        "--stage-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="kill a stage that runs longer than this (default: the flow's, 6 hours)",
+    )
+    flow.add_argument(
+        "--cron", default=DEFAULT_CRON, help=f'serve: cron schedule (default "{DEFAULT_CRON}")'
+    )
+    flow.add_argument("--name", default=DEFAULT_DEPLOYMENT, help="serve: deployment name")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seqmnist",
+        description=(
+            "Train a recurrent MNIST classifier that reads each image row by row, version it\n"
+            "with DVC, schedule it with Prefect and ship it as ONNX. Each stage subcommand is\n"
+            "what `dvc repro` runs; run it from the project root (where dvc.yaml lives)."
+        ),
+        formatter_class=RAW,
+    )
+    parser.add_argument("--version", action="version", version=f"seqmnist {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging, third-party notices included"
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    _add_stage_commands(sub)
+    _add_predict(sub)
+    _add_demo(sub)
+    _add_versions(sub)
+    _add_flow(sub)
     return parser
+
+
+def _missing_extra(error: ModuleNotFoundError, command: str) -> MissingExtraError | None:
+    module = (error.name or "").split(".")[0]
+    if module not in PIPELINE_MODULES:
+        return None
+    return MissingExtraError(
+        f"`seqmnist {command}` needs the {PIPELINE_EXTRA!r} extra ({module} is not installed): "
+        f"pip install 'seqmnist[{PIPELINE_EXTRA}]'"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    environment.apply_defaults()
+    logs.setup(verbose=args.verbose)
     try:
-        args.handler(args)
-    except SeqmnistError as exc:
+        return args.handler(args) or 0
+    except (SeqmnistError, ModuleNotFoundError) as exc:
+        if isinstance(exc, ModuleNotFoundError):
+            exc = _missing_extra(exc, args.command) or exc
+            if isinstance(exc, ModuleNotFoundError):
+                raise
         print(f"seqmnist {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("seqmnist: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """params.yaml, validated once at the edge into typed, immutable objects.
 
 Every stage takes one of these objects; nothing downstream re-reads or re-checks raw YAML.
+params.yaml is the one source of every default: the defaults below exist so that code and tests
+can override one field and keep the rest, and tests/unit/core/test_config.py proves each equals
+the shipped params.yaml.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class ModelParams(_Frozen):
     units: PositiveInt = 128
     layers: PositiveInt = 1
     bidirectional: bool = False
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3
     input_projection: PositiveInt | None = 128
 
 
@@ -55,7 +58,7 @@ class TrainParams(_Frozen):
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     early_stopping_patience: PositiveInt = 6
-    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
     fused_lstm: bool = True
 
 

@@ -1,4 +1,10 @@
-"""User-facing errors: the CLI prints these as one clear message instead of a traceback."""
+"""Every error seqmnist raises on purpose: the CLI prints these as one message, not a traceback.
+
+Each names the file, URL, remote or field at fault and what was expected, so whoever reads it
+knows what to fix.
+"""
+
+LOG_TAIL_LINES = 40
 
 
 class SeqmnistError(Exception):
@@ -9,9 +15,64 @@ class ConfigError(SeqmnistError):
     """params.yaml (or an override) does not describe a valid pipeline."""
 
 
+class MissingExtraError(SeqmnistError):
+    """A pipeline command ran where only the predictor is installed."""
+
+
 class DataError(SeqmnistError):
     """A data file is missing, corrupt, or does not have the expected layout."""
 
 
+class InputFileError(DataError):
+    """An input file cannot be read as an image, array or IDX file the model accepts."""
+
+
 class DownloadError(SeqmnistError):
     """No mirror could deliver a verified file."""
+
+
+class MirrorFailed(SeqmnistError):
+    """One mirror cannot deliver a verified file; the next mirror is tried."""
+
+
+class TransientFailure(MirrorFailed):
+    """A failure worth retrying on the same mirror: 5xx, timeout, reset, truncated body."""
+
+
+class KernelBuildError(SeqmnistError):
+    """The C++ LSTM kernel could not be compiled or loaded."""
+
+
+class ExportError(SeqmnistError):
+    """The ONNX export cannot be trusted (wrong ops, parity with Keras broken)."""
+
+
+class ModelFileError(SeqmnistError):
+    """The ONNX model file is missing, truncated, not ONNX, or not shaped like a seqmnist model."""
+
+
+class OrchestrationError(SeqmnistError):
+    """The pipeline could not be run as asked (bad stage name, bad override, DVC problem)."""
+
+
+class StageFailed(OrchestrationError):
+    """A DVC stage exited non-zero or ran out of time; the message carries its log tail."""
+
+    def __init__(self, stage: str, returncode: int | None, log_tail: str, timed_out: bool = False):
+        self.stage = stage
+        self.returncode = returncode
+        self.log_tail = log_tail
+        self.timed_out = timed_out
+        outcome = "timed out" if timed_out else f"exited with code {returncode}"
+        super().__init__(
+            f"stage {stage!r} failed: its command {outcome}\n"
+            f"--- last {LOG_TAIL_LINES} lines of its log ---\n{log_tail}"
+        )
+
+    def __reduce__(self):
+        """Prefect stores failed states' exceptions; keep this one picklable."""
+        return (type(self), (self.stage, self.returncode, self.log_tail, self.timed_out))
+
+
+class HistoryError(SeqmnistError):
+    """The version history is unreadable, or a version reference matches nothing (or too much)."""

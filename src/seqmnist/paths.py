@@ -6,6 +6,8 @@ dvc.yaml declares the same paths; tests/test_layout.py checks that the two agree
 from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
+# The Prefect flow, as prefect.yaml names it and `seqmnist flow` loads it.
+FLOW_ENTRYPOINT = "flows/pipeline.py:seqmnist_pipeline"
 
 RAW_DIR = Path("data/raw")
 TRAIN_IMAGES = "train-images-idx3-ubyte"

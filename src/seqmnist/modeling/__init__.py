@@ -1,0 +1,1 @@
+"""The recurrent classifier: its layers, our LSTM kernel, weight averaging and the training loop."""

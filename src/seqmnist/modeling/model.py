@@ -1,0 +1,71 @@
+"""The recurrent classifier: each image is a sequence of rows, read one row per time step."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from seqmnist.config import ModelParams
+
+RECURRENT_CELLS = {
+    "lstm": layers.LSTM,
+    "gru": layers.GRU,
+    "simple_rnn": layers.SimpleRNN,
+}
+
+
+def fusable(params: ModelParams) -> bool:
+    """Whether our C++ kernel can train these recurrent layers (unidirectional LSTM)."""
+    return params.cell == "lstm" and not params.bidirectional
+
+
+def build_model(
+    params: ModelParams,
+    time_steps: int,
+    features: int,
+    num_classes: int = 10,
+    unroll: bool = False,
+    fused_lstm: bool = False,
+) -> keras.Model:
+    """Build the classifier; it outputs logits, softmax is applied by the loss and at export.
+
+    Two training forms, same weights and function (bench/README.md says what each buys on CPU):
+    `fused_lstm=True` runs unidirectional LSTM layers in our whole-sequence C++ kernel
+    (modeling.fused_lstm), the input projection folded into the first one; `unroll=True` writes
+    Keras's time loop out step by step. tf2onnx turns only Keras's rolled LSTM into one ONNX
+    LSTM op, so saved and exported models are always built with neither.
+
+    Shapes: rows [batch, time_steps, features]
+      -> optional projection  [batch, time_steps, input_projection]
+      -> recurrent layers     [batch, time_steps, units] ... last layer [batch, units (x2 if bi)]
+      -> Dense                [batch, num_classes] logits
+    """
+    rows = keras.Input(shape=(time_steps, features), name="rows")
+    hidden = rows
+    fuse = fused_lstm and fusable(params)
+    if params.input_projection and not fuse:
+        hidden = layers.Dense(params.input_projection, name="row_projection")(hidden)
+    cell = RECURRENT_CELLS[params.cell]
+    for index in range(params.layers):
+        is_last = index == params.layers - 1
+        name = f"{params.cell}_{index}"
+        if fuse:
+            from seqmnist.modeling.fused_lstm import FusedLSTM
+
+            recurrent = FusedLSTM(
+                params.units,
+                return_sequences=not is_last,
+                input_projection=params.input_projection if index == 0 else None,
+                input_gradient=index > 0,  # the first layer reads the data
+                name=name,
+            )
+        else:
+            recurrent = cell(params.units, return_sequences=not is_last, unroll=unroll, name=name)
+        if params.bidirectional:
+            recurrent = layers.Bidirectional(recurrent, name=f"bi_{params.cell}_{index}")
+        hidden = recurrent(hidden)
+        if params.dropout > 0:
+            hidden = layers.Dropout(params.dropout, name=f"dropout_{index}")(hidden)
+    logits = layers.Dense(num_classes, name="logits")(hidden)
+    name = f"{'bi' if params.bidirectional else ''}{params.cell}_{params.layers}x{params.units}"
+    return keras.Model(rows, logits, name=name)

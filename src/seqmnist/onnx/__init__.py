@@ -1,0 +1,1 @@
+"""The shipped ONNX model: its interface and metadata, conversion, streamlining and model card."""

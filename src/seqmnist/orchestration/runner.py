@@ -1,0 +1,178 @@
+"""Subprocesses for the flow: `dvc repro` of one stage and `dvc pull`/`push`, with their output
+streamed line by line, a timeout that kills the whole process group, and DVC's exit codes read
+back. A Prefect task timeout cannot interrupt a blocking wait, so the limit lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from seqmnist.environment import QUIET_CHILD_ENV
+from seqmnist.errors import LOG_TAIL_LINES, OrchestrationError, StageFailed
+
+DEFAULT_STAGE_TIMEOUT_S = 6 * 3600.0
+DEFAULT_SYNC_TIMEOUT_S = 1800.0
+KILL_GRACE_S = 10.0
+# dvc prints this for each stage it actually runs; its absence means DVC skipped the stage.
+DVC_RUNNING_MARKER = "Running stage"
+# ...and this when the stage's command fails: "failed to run: <cmd>, exited with 3".
+DVC_EXIT_PATTERN = re.compile(r"failed to run: .*, exited with (-?\d+)")
+# DVC's advice after a run ("To track the changes with git, run: git add dvc.lock", ...): the
+# flow records versions itself, so in its log these lines are noise.
+DVC_GIT_HINTS = re.compile(
+    r"^(To track the changes with git|To enable auto staging|Use `dvc push` to send"
+    r"|\s+git add |\s+dvc config core\.autostage)"
+)
+
+LineSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """How a subprocess ended, with the tail of its combined stdout/stderr."""
+
+    returncode: int | None
+    log_tail: str
+    duration_s: float
+    timed_out: bool
+    ran_stage: bool
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One stage as the flow saw it: skipped by DVC (unchanged) or actually run."""
+
+    stage: str
+    skipped: bool
+    duration_s: float
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for `dvc`: this interpreter's bin/ first (so stages find `seqmnist`)."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if bin_dir not in path.split(os.pathsep):
+        path = f"{bin_dir}{os.pathsep}{path}"
+    return {**os.environ, **QUIET_CHILD_ENV, "PATH": path, **(extra or {})}
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    """Stop the command and everything it started (dvc runs the stage as a grandchild)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=KILL_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_command(
+    cmd: Sequence[str], cwd: Path, timeout_s: float, on_line: LineSink | None = None
+) -> CommandResult:
+    """Run `cmd`, streaming its lines to `on_line`; kill its whole process group on timeout.
+
+    A Prefect task timeout cannot interrupt a blocking wait, so the limit lives here.
+    """
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    ran_stage = False
+    started = time.monotonic()
+    process = subprocess.Popen(
+        list(cmd),
+        cwd=cwd,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+
+    def pump() -> None:
+        nonlocal ran_stage
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            ran_stage = ran_stage or DVC_RUNNING_MARKER in line
+            if on_line is not None and line.strip() and not DVC_GIT_HINTS.match(line):
+                on_line(line)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(process)
+    except BaseException:
+        _kill_group(process)
+        raise
+    reader.join(timeout=KILL_GRACE_S)
+    return CommandResult(
+        returncode=None if timed_out else process.returncode,
+        log_tail="\n".join(tail),
+        duration_s=time.monotonic() - started,
+        timed_out=timed_out,
+        ran_stage=ran_stage,
+    )
+
+
+def dvc(*args: str) -> list[str]:
+    """A `dvc` command line that uses the DVC installed beside this interpreter."""
+    return [sys.executable, "-m", "dvc", *args]
+
+
+def repro_command(stage: str, force: bool = False) -> list[str]:
+    """`dvc repro` for one stage only: the flow already runs its upstream stages first."""
+    return dvc("repro", "--single-item", *(["--force"] if force else []), stage)
+
+
+def stage_exit_code(log: str) -> int | None:
+    """The stage command's own exit code from DVC's error line (`dvc repro` itself exits 255)."""
+    found = DVC_EXIT_PATTERN.findall(log)
+    return int(found[-1]) if found else None
+
+
+def run_stage(
+    root: Path,
+    stage: str,
+    *,
+    force: bool = False,
+    timeout_s: float = DEFAULT_STAGE_TIMEOUT_S,
+    on_line: LineSink | None = None,
+) -> StageResult:
+    """Reproduce one stage through DVC; raise StageFailed (exit code + log tail) if it fails."""
+    result = run_command(repro_command(stage, force), root, timeout_s, on_line)
+    if result.timed_out or result.returncode != 0:
+        returncode = stage_exit_code(result.log_tail) or result.returncode
+        raise StageFailed(stage, returncode, result.log_tail, result.timed_out)
+    return StageResult(stage=stage, skipped=not result.ran_stage, duration_s=result.duration_s)
+
+
+def sync_with_remote(
+    root: Path, direction: str, timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
+) -> CommandResult:
+    """`dvc pull` (tolerating outputs the remote does not have yet) or `dvc push`."""
+    if direction not in {"pull", "push"}:
+        raise ValueError(f"direction must be 'pull' or 'push', not {direction!r}")
+    cmd = dvc("pull", "--allow-missing") if direction == "pull" else dvc("push")
+    result = run_command(cmd, root, timeout_s)
+    if result.timed_out or result.returncode != 0:
+        outcome = "timed out" if result.timed_out else f"exited with code {result.returncode}"
+        raise OrchestrationError(f"`dvc {direction}` {outcome}\n{result.log_tail}")
+    return result

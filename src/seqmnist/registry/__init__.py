@@ -1,0 +1,1 @@
+"""Model versions: ids, history, diffs, the quality gate and promotion."""

@@ -1,0 +1,1 @@
+"""Running the shipped model without TensorFlow: the predictor (numpy, Pillow, onnxruntime only)."""

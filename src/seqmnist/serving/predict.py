@@ -1,0 +1,360 @@
+"""Classify digits with the shipped ONNX model, using onnxruntime only (never TensorFlow).
+
+This is what the people downstream run, so it imports nothing heavier than numpy, Pillow and
+onnxruntime, and turns every bad input into one clear SeqmnistError naming the file.
+
+Python API:
+    predictor = Predictor("models/onnx/model.onnx")
+    batch = load_inputs(Path("digit.png"), predictor.time_steps, predictor.features)
+    probabilities = predictor.predict(batch)          # float32 [N, 10]
+
+Accepted inputs (pixel polarity as in MNIST: white digit on black, unless `dark_on_light`):
+  - PNG/JPEG (any image Pillow reads) of any size: turned upright by its EXIF orientation,
+    converted to grayscale (transparent pixels become background), then framed like MNIST
+    (seqmnist.serving.framing: cropped to the ink, scaled into 20x20, centered by center of
+    mass in 28x28), so a small digit anywhere in a big picture reads as well as a centered one.
+    `frame=False` (`--no-frame`) resizes the whole picture to [time_steps, features] instead;
+  - .npy arrays [N, time_steps, features] or [time_steps, features], either uint8 0..255 or
+    floating point already scaled to 0..1 (the model's own input; values outside fail);
+  - IDX image files (.gz or not), uint8 [N, time_steps, features] like the MNIST files.
+`dark_on_light` inverts pictures only (PNG/JPEG: scans and drawings are usually dark on light);
+.npy and IDX inputs are arrays in the model's own convention, already framed like MNIST, and are
+never inverted nor framed, so one call can mix a scanned picture with MNIST files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqmnist.constants import GZIP_MAGIC, ORT_PROVIDERS, PIXEL_MAX
+from seqmnist.errors import InputFileError, ModelFileError, SeqmnistError
+from seqmnist.onnx import metadata as onnx_meta
+from seqmnist.paths import ONNX_MODEL
+from seqmnist.serving import framing
+
+DEFAULT_BATCH_SIZE = 256
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+NPY_SUFFIX = ".npy"
+NPY_MAGIC = b"\x93NUMPY"
+IDX_UBYTE_CODE = 0x08
+FLOAT_SLACK = 1e-6
+PLAIN_MODES = ("L", "LA", "RGB", "RGBA")  # Pillow modes framing.to_gray reads as they are
+# Pixels converted to numpy at a time: a huge picture's copies stay near 16 MiB (RGBA).
+DECODE_STRIP_PIXELS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classified image: where it came from and what the model says."""
+
+    source: str
+    index: int
+    label: str
+    probability: float
+    probabilities: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.source,
+            "index": self.index,
+            "label": self.label,
+            "probability": self.probability,
+            "probabilities": self.probabilities,
+        }
+
+
+def _static_dim(value: object) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
+
+
+class Predictor:
+    """An onnxruntime session plus the model's input geometry and class labels."""
+
+    def __init__(self, model_path: Path | str) -> None:
+        import onnxruntime as ort
+
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ModelFileError(
+                f"{self.model_path}: ONNX model not found (run `dvc pull` or `dvc repro export`)"
+            )
+        if self.model_path.stat().st_size == 0:
+            raise ModelFileError(f"{self.model_path}: empty file; expected an ONNX model")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: warnings would clutter CLI output
+        try:
+            self.session = ort.InferenceSession(
+                str(self.model_path), sess_options=options, providers=list(ORT_PROVIDERS)
+            )
+        except Exception as exc:  # onnxruntime raises its own, unexported exception types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(
+                f"{self.model_path}: not a readable ONNX model (truncated or another format?); "
+                f"onnxruntime said: {reason}"
+            ) from None
+        self.metadata = onnx_meta.decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self._check_interface()
+
+    def _check_interface(self) -> None:
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 3 or inputs[0].type != "tensor(float)":
+            described = [(item.name, item.shape, item.type) for item in inputs]
+            raise ModelFileError(
+                f"{self.model_path}: expected one float32 input [batch, time_steps, features]; "
+                f"the model has {described}"
+            )
+        self.input_name = inputs[0].name
+        time_steps, features = (_static_dim(dim) for dim in inputs[0].shape[1:])
+        if time_steps is None or features is None:
+            raise ModelFileError(
+                f"{self.model_path}: input {self.input_name!r} has shape {inputs[0].shape}; "
+                "expected fixed time_steps and features"
+            )
+        self.time_steps, self.features = time_steps, features
+        names = [output.name for output in self.session.get_outputs()]
+        probability_names = [name for name in names if "prob" in name.lower()]
+        self.output_name = (probability_names or names)[-1]
+        labels = self.metadata.get(onnx_meta.META_CLASS_LABELS)
+        num_classes = self.session.get_outputs()[names.index(self.output_name)].shape[-1]
+        if not isinstance(labels, list):
+            count = num_classes if isinstance(num_classes, int) else len(onnx_meta.CLASS_LABELS)
+            labels = [str(index) for index in range(count)]
+        self.class_labels: list[str] = [str(label) for label in labels]
+
+    def predict(self, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """Class probabilities [N, classes] for [N, T, F] (or one [T, F]) model inputs."""
+        if batch_size < 1:
+            raise SeqmnistError(f"batch size must be at least 1, got {batch_size}")
+        x = to_model_input(np.asarray(x), "array", self.time_steps, self.features)
+        chunks = [
+            self.session.run([self.output_name], {self.input_name: x[start : start + batch_size]})[
+                0
+            ]
+            for start in range(0, len(x), batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.class_labels)))
+
+
+def to_model_input(
+    array: np.ndarray, source: str, time_steps: int, features: int, invert: bool = False
+) -> np.ndarray:
+    """Validate and scale an array to float32 [N, T, F] in [0, 1] (uint8 is divided by 255)."""
+    expected = (
+        f"expected [N, {time_steps}, {features}] or [{time_steps}, {features}], "
+        f"uint8 0..255 or float 0..1"
+    )
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    if array.ndim != 3 or array.shape[1:] != (time_steps, features):
+        raise InputFileError(f"{source}: array of shape {array.shape}; {expected}")
+    if array.dtype == np.uint8:
+        scaled = array.astype(np.float32) / PIXEL_MAX
+    elif np.issubdtype(array.dtype, np.floating):
+        scaled = array.astype(np.float32)
+        if scaled.size and not np.isfinite(scaled).all():
+            raise InputFileError(f"{source}: array holds NaN or infinite values; {expected}")
+        low, high = (float(scaled.min()), float(scaled.max())) if scaled.size else (0.0, 0.0)
+        if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
+            raise InputFileError(
+                f"{source}: float values span [{low:g}, {high:g}]; {expected} "
+                "(divide 0..255 pixels by 255, or save them as uint8)"
+            )
+    else:
+        raise InputFileError(f"{source}: array of dtype {array.dtype}; {expected}")
+    if invert:
+        scaled = 1.0 - scaled
+    return np.ascontiguousarray(scaled, dtype=np.float32)
+
+
+def _pixel_mode(image) -> str:
+    """The Pillow mode whose pixels framing.to_gray reads: L, LA, RGB or RGBA."""
+    if image.mode in PLAIN_MODES and "transparency" not in image.info:
+        return image.mode
+    has_alpha = "A" in image.getbands() or "transparency" in image.info
+    return "RGBA" if has_alpha else "RGB"
+
+
+def _decode_gray(path: Path, background: int) -> np.ndarray:
+    """The picture, upright by its EXIF orientation, as uint8 gray [H, W] on `background`.
+
+    Converted in strips, so a huge picture needs little beyond Pillow's own decoded copy (whose
+    size Pillow's decompression-bomb limit bounds).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            ImageOps.exif_transpose(image, in_place=True)
+            mode = _pixel_mode(image)
+            width, height = image.size
+            gray = np.empty((height, width), np.uint8)
+            step = max(1, DECODE_STRIP_PIXELS // max(1, width))
+            for top in range(0, height, step):
+                strip = image.crop((0, top, width, min(top + step, height))).convert(mode)
+                gray[top : top + step] = framing.to_gray(np.asarray(strip), background)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputFileError(
+            f"{path}: not a readable image ({exc}); expected a PNG or JPEG image, "
+            "a .npy array or an IDX image file"
+        ) from None
+    return gray
+
+
+def _load_image(
+    path: Path, time_steps: int, features: int, dark_on_light: bool, frame: bool
+) -> np.ndarray:
+    """A picture as float32 [1, time_steps, features]: framed like MNIST, or just resized."""
+    gray = _decode_gray(path, PIXEL_MAX if dark_on_light else 0)  # [H, W]
+    if frame:
+        light_on_dark = framing.invert(gray) if dark_on_light else gray
+        return framing.frame_gray(light_on_dark, str(path), (time_steps, features))[np.newaxis]
+    from PIL import Image
+
+    resized = Image.fromarray(gray).resize((features, time_steps), Image.Resampling.LANCZOS)
+    return to_model_input(
+        np.asarray(resized), str(path), time_steps, features, invert=dark_on_light
+    )
+
+
+def _load_npy(path: Path, time_steps: int, features: int) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputFileError(
+            f"{path}: not a readable .npy array ({exc}); expected a numeric .npy file "
+            f"[N, {time_steps}, {features}] or [{time_steps}, {features}]"
+        ) from None
+    if not isinstance(array, np.ndarray):
+        raise InputFileError(f"{path}: an .npz archive, not a single .npy array")
+    return to_model_input(array, str(path), time_steps, features)
+
+
+def _load_idx(path: Path, time_steps: int, features: int) -> np.ndarray:
+    from seqmnist.data.idx import read_idx
+
+    array = read_idx(path)
+    if array.ndim not in (2, 3):
+        raise InputFileError(
+            f"{path}: IDX file with {array.ndim} dimension(s) {array.shape} (a label file?); "
+            f"expected an IDX image file [N, {time_steps}, {features}]"
+        )
+    return to_model_input(array, str(path), time_steps, features)
+
+
+def _looks_like_idx(head: bytes) -> bool:
+    """Two zero bytes, then the unsigned-byte type code: the IDX magic of MNIST files."""
+    return len(head) >= 4 and head[:2] == b"\x00\x00" and head[2] == IDX_UBYTE_CODE
+
+
+def load_inputs(
+    path: Path, time_steps: int, features: int, dark_on_light: bool = False, frame: bool = True
+) -> np.ndarray:
+    """Read one input file as float32 [N, time_steps, features] in [0, 1], by its content.
+
+    `dark_on_light` inverts pictures and `frame` frames them like MNIST (else they are resized
+    whole); arrays (.npy, IDX) are taken as they are.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: input file not found")
+    with open(path, "rb") as handle:
+        head = handle.read(len(NPY_MAGIC))
+    if head.startswith(NPY_MAGIC):
+        return _load_npy(path, time_steps, features)
+    if _looks_like_idx(head) or head.startswith(GZIP_MAGIC):
+        return _load_idx(path, time_steps, features)
+    if path.suffix.lower() == NPY_SUFFIX:
+        raise InputFileError(f"{path}: not a .npy file (no NUMPY header)")
+    return _load_image(path, time_steps, features, dark_on_light, frame)
+
+
+def classify(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    dark_on_light: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    frame: bool = True,
+) -> list[Prediction]:
+    """Load every input, run them through the model in batches, one Prediction per image."""
+    arrays, sources = [], []
+    for path in paths:
+        array = load_inputs(path, predictor.time_steps, predictor.features, dark_on_light, frame)
+        arrays.append(array)
+        sources += [(str(path), index) for index in range(len(array))]
+    if not arrays:
+        return []
+    probabilities = predictor.predict(np.concatenate(arrays), batch_size=batch_size)
+    predictions = []
+    for (source, index), row in zip(sources, probabilities, strict=True):
+        best = int(row.argmax())
+        predictions.append(
+            Prediction(
+                source=source,
+                index=index,
+                label=predictor.class_labels[best],
+                probability=float(row[best]),
+                probabilities=[round(float(value), 6) for value in row],
+            )
+        )
+    return predictions
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `seqmnist predict`."""
+    parser.add_argument("inputs", nargs="+", type=Path, help="files to classify")
+    parser.add_argument("--model", type=Path, default=ONNX_MODEL, help="ONNX model file")
+    parser.add_argument(
+        "--dark-on-light",
+        action="store_true",
+        help="invert images first (for dark digits on a light background, e.g. scans)",
+    )
+    parser.add_argument(
+        "--no-frame",
+        action="store_true",
+        help="resize whole pictures to 28x28 instead of framing their digit like MNIST "
+        "(cropped to the ink, scaled into 20x20, centered by center of mass); .npy and IDX "
+        "inputs are never framed",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per ONNX call"
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    """`seqmnist predict`: one line per image, or JSON with --json."""
+    predictor = Predictor(args.model)
+    predictions = classify(
+        predictor, args.inputs, args.dark_on_light, args.batch_size, frame=not args.no_frame
+    )
+    try:
+        _print(predictions, predictor, args)
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) stopped early: not an error; keep Python from complaining
+        # again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _print(predictions: list[Prediction], predictor: Predictor, args: argparse.Namespace) -> None:
+    if args.json:
+        payload = {
+            "model": str(args.model),
+            "class_labels": predictor.class_labels,
+            "predictions": [prediction.as_dict() for prediction in predictions],
+        }
+        print(json.dumps(payload, indent=2))
+        return
+    for prediction in predictions:
+        print(
+            f"{prediction.source}[{prediction.index}]: {prediction.label} "
+            f"({prediction.probability:.4f})"
+        )

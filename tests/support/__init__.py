@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: tiny data, tiny models, real projects and servers."""

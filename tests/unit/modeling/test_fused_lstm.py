@@ -1,0 +1,182 @@
+"""Our whole-sequence LSTM kernel against Keras's own LSTM: same outputs, same gradients."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from seqmnist.config import ModelParams
+from seqmnist.modeling.fused_lstm import FusedLSTM, KernelBuildError, _ops, kernel_path
+from seqmnist.modeling.model import build_model
+
+
+def _random(rng, shape, scale=1.0):
+    return (rng.normal(size=shape) * scale).astype(np.float32)
+
+
+def _outputs_and_gradients(model, rows, upstream):
+    """The model's output and d(sum(output * upstream)) for the input and every weight."""
+    rows = tf.constant(rows)
+    with tf.GradientTape() as tape:
+        tape.watch(rows)
+        output = model(rows)
+        loss = tf.reduce_sum(output * upstream)
+    gradients = tape.gradient(loss, [rows, *model.trainable_weights])
+    return [output.numpy()] + [gradient.numpy() for gradient in gradients]
+
+
+def _assert_same(ours, reference):
+    assert len(ours) == len(reference)
+    for index, (got, want) in enumerate(zip(ours, reference, strict=True)):
+        scale = max(1.0, float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, atol=2e-6 * scale, err_msg=f"tensor {index}")
+
+
+@pytest.mark.parametrize(
+    ("batch", "steps", "features", "units", "return_sequences"),
+    [
+        (5, 7, 6, 4, False),
+        (1, 3, 2, 3, True),  # fewer rows than threads
+        (9, 28, 16, 8, True),
+        (3, 1, 4, 5, False),  # one step: no recurrence
+    ],
+)
+def test_matches_keras_lstm_outputs_and_gradients(batch, steps, features, units, return_sequences):
+    rng = np.random.default_rng(batch * 100 + steps)
+    reference = keras.layers.LSTM(units, return_sequences=return_sequences)
+    ours = FusedLSTM(units, return_sequences=return_sequences)
+    reference.build((batch, steps, features))
+    ours.build((batch, steps, features))
+    weights = [_random(rng, w.shape, 0.5) for w in reference.get_weights()]
+    reference.set_weights(weights)
+    ours.set_weights(weights)
+    rows = _random(rng, (batch, steps, features))
+    upstream = _random(rng, (batch, steps, units) if return_sequences else (batch, units))
+    _assert_same(
+        _outputs_and_gradients(ours, rows, upstream),
+        _outputs_and_gradients(reference, rows, upstream),
+    )
+
+
+def test_folded_projection_matches_dense_then_lstm():
+    rng = np.random.default_rng(7)
+    batch, steps, features, projection, units = 6, 9, 5, 12, 7
+    reference = keras.Sequential(
+        [keras.Input((steps, features)), keras.layers.Dense(projection), keras.layers.LSTM(units)]
+    )
+    ours = keras.Sequential(
+        [keras.Input((steps, features)), FusedLSTM(units, input_projection=projection)]
+    )
+    weights = [_random(rng, w.shape, 0.5) for w in reference.get_weights()]
+    assert [w.shape for w in ours.get_weights()] == [w.shape for w in weights]
+    reference.set_weights(weights)
+    ours.set_weights(weights)
+    rows = _random(rng, (batch, steps, features))
+    upstream = _random(rng, (batch, units))
+    _assert_same(
+        _outputs_and_gradients(ours, rows, upstream),
+        _outputs_and_gradients(reference, rows, upstream),
+    )
+
+
+def test_fresh_layer_initialises_like_keras():
+    """Forget-gate bias 1, the rest 0; orthogonal recurrent weights."""
+    layer = FusedLSTM(4)
+    layer.build((None, 3, 2))
+    bias = layer.bias.numpy()
+    np.testing.assert_array_equal(bias, np.r_[np.zeros(4), np.ones(4), np.zeros(8)])
+    recurrent = layer.recurrent_kernel.numpy()
+    np.testing.assert_allclose(recurrent @ recurrent.T, np.eye(4), atol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_training_model_and_saved_model_compute_the_same_function(layers):
+    params = ModelParams(units=8, layers=layers, input_projection=6, dropout=0.2)
+    rolled = build_model(params, time_steps=5, features=7)
+    fused = build_model(params, time_steps=5, features=7, fused_lstm=True)
+    assert any(isinstance(layer, FusedLSTM) for layer in fused.layers)
+    assert "row_projection" not in [layer.name for layer in fused.layers]
+    rolled.set_weights([w * 3 for w in fused.get_weights()])  # not the initial weights
+    fused.set_weights(rolled.get_weights())
+    rows = np.random.default_rng(0).uniform(0, 1, (4, 5, 7)).astype(np.float32)
+    np.testing.assert_allclose(fused(rows), rolled(rows), atol=1e-5)
+
+
+def test_same_inputs_give_bitwise_identical_gradients():
+    rng = np.random.default_rng(3)
+    layer = FusedLSTM(16, return_sequences=True)
+    layer.build((None, 10, 8))
+    rows, upstream = _random(rng, (33, 10, 8)), _random(rng, (33, 10, 16))
+    first = _outputs_and_gradients(layer, rows, upstream)
+    second = _outputs_and_gradients(layer, rows, upstream)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_weight_shape_is_named():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="kernel must be"):
+        _ops().seqmnist_lstm_sequence(
+            x=tf.zeros([2, 3, 4]),
+            kernel=tf.zeros([5, 8]),
+            recurrent_kernel=tf.zeros([2, 8]),
+            bias=tf.zeros([8]),
+        )
+
+
+@pytest.mark.parametrize("compiler", ["false", "no-such-compiler-for-seqmnist"])
+def test_build_failure_names_the_source_and_the_way_out(tmp_path, monkeypatch, compiler):
+    monkeypatch.setenv("SEQMNIST_KERNEL_DIR", str(tmp_path))
+    with pytest.raises(KernelBuildError, match=r"lstm_sequence\.cc") as failure:
+        kernel_path(compiler)
+    assert "train.fused_lstm: false" in str(failure.value)
+    assert not [path for path in tmp_path.rglob("*") if path.is_file()], "nothing half-written"
+
+
+def test_build_is_kept_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQMNIST_KERNEL_DIR", str(tmp_path))
+    built = kernel_path()
+    assert built.is_file() and built.is_relative_to(tmp_path)
+    modified = built.stat().st_mtime_ns
+    assert kernel_path() == built and built.stat().st_mtime_ns == modified
+    assert [path.name for path in tmp_path.rglob("*") if path.is_file()] == [built.name]
+
+
+def test_layer_fed_by_data_skips_its_input_gradient():
+    rng = np.random.default_rng(11)
+    full, data_fed = FusedLSTM(6), FusedLSTM(6, input_gradient=False)
+    full.build((None, 4, 3))
+    data_fed.build((None, 4, 3))
+    data_fed.set_weights(full.get_weights())
+    rows, upstream = _random(rng, (5, 4, 3)), _random(rng, (5, 6))
+    with_input = _outputs_and_gradients(full, rows, upstream)
+    rows_tensor = tf.constant(rows)
+    with tf.GradientTape() as tape:
+        tape.watch(rows_tensor)
+        loss = tf.reduce_sum(data_fed(rows_tensor) * upstream)
+    input_gradient, *weight_gradients = tape.gradient(
+        loss, [rows_tensor, *data_fed.trainable_weights]
+    )
+    assert input_gradient is None
+    for got, want in zip(weight_gradients, with_input[2:], strict=True):
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_training_model_starts_where_keras_would():
+    """Same seed: the kernel's model has Keras's initial weights and dropout stream."""
+    import keras
+
+    from seqmnist.config import TrainParams
+    from seqmnist.stages.train import new_training_model, seed_everything
+
+    params = TrainParams(model=ModelParams(units=8, input_projection=6, dropout=0.3))
+    seed_everything(params.seed)
+    fused = new_training_model(params, 5, 7)
+    seed_everything(params.seed)
+    plain = new_training_model(params.model_copy(update={"fused_lstm": False}), 5, 7)
+    assert any(isinstance(layer, FusedLSTM) for layer in fused.layers)
+    assert not any(isinstance(layer, FusedLSTM) for layer in plain.layers)
+    for got, want in zip(fused.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    rows = np.random.default_rng(0).uniform(0, 1, (16, 5, 7)).astype(np.float32)
+    np.testing.assert_allclose(fused(rows, training=True), plain(rows, training=True), atol=1e-5)
+    assert keras.layers.Dropout in {type(layer) for layer in fused.layers}

@@ -1,0 +1,69 @@
+"""The DVC adapter against real DVC in a toy git+DVC repo; no Prefect API needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from seqmnist.errors import ConfigError, OrchestrationError
+from seqmnist.orchestration import dvc, finish, runner
+from seqmnist.registry import gate
+from support.prefect_fixtures import make_toy_project
+
+ALL_STAGES = ["download", "preprocess", "train", "evaluate", "export"]
+ACCURACY = gate.gate_metric_key()
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Path:
+    return make_toy_project(tmp_path / "toy")
+
+
+def test_stage_order_comes_from_the_dvc_graph(toy: Path) -> None:
+    assert dvc.stage_order(toy) == ALL_STAGES
+    assert dvc.stage_order(toy, ["evaluate"]) == ["download", "preprocess", "train", "evaluate"]
+    assert dvc.stage_order(toy, ["export", "preprocess"]) == [
+        "download",
+        "preprocess",
+        "train",
+        "export",
+    ]
+
+
+def test_unknown_stage_is_named(toy: Path) -> None:
+    with pytest.raises(OrchestrationError, match=r"unknown stage.*nope"):
+        dvc.stage_order(toy, ["nope"])
+
+
+def test_real_pipeline_order_matches_dvc_yaml() -> None:
+    from support.project import PROJECT_ROOT
+
+    assert dvc.stage_order(PROJECT_ROOT) == ALL_STAGES
+
+
+def test_overrides_are_written_like_dvc_exp_run_set(toy: Path) -> None:
+    dvc.apply_param_overrides(toy, ["train.quality=0.5", "gate.max_regression=0.1"])
+    params = yaml.safe_load((toy / "params.yaml").read_text())
+    assert params["train"]["quality"] == 0.5 and params["gate"]["max_regression"] == 0.1
+    with pytest.raises(ConfigError, match="key=value"):
+        dvc.apply_param_overrides(toy, ["train.quality"])
+    with pytest.raises(ConfigError, match="invalid override"):
+        dvc.apply_param_overrides(toy, ["train.no_such_key=1"])
+
+
+def test_no_remote_means_no_sync(toy: Path) -> None:
+    assert dvc.default_remote(toy) is None
+
+
+def test_version_reads_dvc_lock_params_and_metrics(toy: Path) -> None:
+    for stage in ALL_STAGES:
+        runner.run_stage(toy, stage)
+    record = finish.build_version(toy)
+    assert set(record["outputs"]) == {"data/raw", "data/processed", "models/keras", "models/onnx"}
+    assert record["params"]["train.quality"] == 0.95
+    assert record["metrics"][ACCURACY] == 0.95
+    assert record["git_dirty"] is False and len(record["git_commit"]) == 40
+    assert dvc.stale_stages(toy) == []
+    assert finish.build_version(toy)["version"] == record["version"]
