@@ -14,13 +14,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from seqmnist import environment
-from seqmnist.orchestration import dvc, finish, runner
-from seqmnist.registry import render, versions
+from seqmnist.orchestration import dvc, runner
+from seqmnist.registry import history, publish, render, versions
 
 environment.apply_defaults()
 
@@ -72,24 +71,25 @@ def dvc_sync(project_dir: str, direction: str) -> None:
     runner.sync_with_remote(Path(project_dir), direction, SYNC_TIMEOUT_S)
 
 
-@task(name="record-version", cache_policy=NO_CACHE)
-def record_version(project_dir: str) -> finish.RunOutcome:
-    """Append the version to versions/history.jsonl, gate it, promote it if it passes."""
-    return finish.finish_run(Path(project_dir), run_id=flow_run.get_id())
+@task(name="publish-version", cache_policy=NO_CACHE)
+def publish_version(project_dir: str, dvc_remote: str | None) -> publish.Publication:
+    """Commit, push, register (git tags) and gate the version the stages left in the workspace."""
+    return publish.publish(Path(project_dir), dvc_remote)
 
 
-def publish(outcome: finish.RunOutcome) -> None:
-    """The history as a table under a stable key, and this version's diff as Markdown."""
+def report(project_dir: str, outcome: publish.Publication) -> None:
+    """Every registered version as a table under a stable key, this one's diff as Markdown."""
+    artifact = publish.load_publish_params(Path(project_dir)).artifact
     create_table_artifact(
-        table=render.table_rows(outcome.history),
+        table=render.table_rows(history.versions(Path(project_dir), artifact)),
         key=VERSIONS_TABLE_KEY,
-        description="Every recorded seqmnist model version (versions/history.jsonl).",
+        description=f"Every registered version of {artifact} (git tags {artifact}@v*).",
     )
-    diff = versions.diff_versions(outcome.previous, outcome.entry) if outcome.previous else None
+    diff = versions.diff_versions(outcome.previous, outcome.record) if outcome.previous else None
     create_markdown_artifact(
-        markdown=render.render_diff_markdown(diff, outcome.entry),
+        markdown=render.render_diff_markdown(diff, outcome.version or "run", outcome.summary),
         key=VERSION_DIFF_KEY,
-        description="This run's version against the previously recorded one.",
+        description="This run's version against the previously registered one.",
     )
 
 
@@ -101,7 +101,7 @@ def seqmnist_pipeline(
     set_params: list[str] | None = None,
     stage_timeout_s: float = STAGE_TIMEOUT_S,
 ) -> State:
-    """Pull, run the stages DVC's graph orders, push, then record, gate and promote the version."""
+    """Pull, run the stages in DVC's order, push the data, then commit, tag and gate the version."""
     logger = get_run_logger()
     root = dvc.find_project_root(project_dir)
     remote = dvc.default_remote(root)
@@ -113,11 +113,9 @@ def seqmnist_pipeline(
     for stage in order:
         repro_stage(str(root), stage, force, stage_timeout_s)
     if remote:
-        dvc_sync(str(root), "push")
-    outcome = record_version(str(root))
-    publish(outcome)
-    entry = outcome.entry
-    message = f"version {entry['version']} ({entry['status']}); {outcome.decision.reason}"
+        dvc_sync(str(root), "push")  # the data first: no commit or tag may name missing data
+    outcome = publish_version(str(root), remote)
+    report(str(root), outcome)
     if outcome.decision.blocked:
-        return Failed(message=message, name="NotPromoted", data=entry)
-    return Completed(message=message, data=entry)
+        return Failed(message=outcome.summary, name="NotPromoted", data=outcome.record)
+    return Completed(message=outcome.summary, data=outcome.record)

@@ -11,6 +11,9 @@ import pytest
 from seqmnist.environment import TELEMETRY_OFF
 from support.project import BIN_DIR, SHARED_MNIST
 
+# The session's one Prefect API (`prefect_api`) and the flow module (`pipeline`).
+pytest_plugins = ["support.prefect_fixtures"]
+
 os.environ.update(
     {
         **TELEMETRY_OFF,

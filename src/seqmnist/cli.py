@@ -237,14 +237,17 @@ def _add_versions(sub: argparse._SubParsersAction) -> None:
         sub,
         "versions",
         _versions,
-        "List recorded model versions or diff two of them.",
-        "Every run of the Prefect flow records its model version (data and model hashes,\n"
-        "params, metrics, git commit). `versions list` shows them; `versions diff A B`\n"
-        "compares two (default: the last two).",
+        "List registered model versions or diff two of them.",
+        "Every new version the Prefect flow publishes is a git commit and a GTO tag\n"
+        "(seqmnist-rnn@v1.2.0; seqmnist-rnn#prod#N when promoted), so every clone lists the\n"
+        "same versions. `versions list` shows them with their metrics and stages;\n"
+        "`versions diff A B` compares two (default: the last two), e.g. `diff v1.0.0 v1.1`.",
     )
     versions.add_argument("action", choices=["list", "diff"], nargs="?", default="list")
-    versions.add_argument("refs", nargs="*", help="version ids (or prefixes) to diff")
-    versions.add_argument("--history", type=Path, default=None, help="history file to read")
+    versions.add_argument("refs", nargs="*", help="versions (v1.2.0, or a prefix) to diff")
+    versions.add_argument(
+        "--project", default=None, help="DVC project folder (default: the one holding the cwd)"
+    )
     versions.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

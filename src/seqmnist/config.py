@@ -77,6 +77,14 @@ class GateParams(_Frozen):
     max_regression: Annotated[float, Field(ge=0, le=1)] = 0.002
 
 
+class PublishParams(_Frozen):
+    artifact: str = "seqmnist-rnn"
+    branch: str | None = None
+    git_remote: str = "origin"
+    stage: str = "prod"
+    push_attempts: PositiveInt = 3
+
+
 class Params(_Frozen):
     download: DownloadParams
     preprocess: PreprocessParams = PreprocessParams()
@@ -84,6 +92,7 @@ class Params(_Frozen):
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     gate: GateParams = GateParams()
+    publish: PublishParams = PublishParams()
 
 
 def _describe(error: ValidationError, source: Path) -> str:

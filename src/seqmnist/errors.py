@@ -74,5 +74,9 @@ class StageFailed(OrchestrationError):
         return (type(self), (self.stage, self.returncode, self.log_tail, self.timed_out))
 
 
+class PublishError(SeqmnistError):
+    """A version could not be published: DVC remote, git remote or registry tag (named)."""
+
+
 class HistoryError(SeqmnistError):
     """The version history is unreadable, or a version reference matches nothing (or too much)."""

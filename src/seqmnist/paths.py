@@ -32,6 +32,3 @@ ONNX_MODEL = ONNX_DIR / "model.onnx"
 ONNX_INT8_MODEL = ONNX_DIR / "model.int8.onnx"
 MODEL_CARD = ONNX_DIR / "MODEL_CARD.md"
 EXPORT_METRICS = Path("metrics/export.json")
-
-PROMOTED_DIR = Path("models/promoted")
-VERSIONS_FILE = Path("versions/history.jsonl")

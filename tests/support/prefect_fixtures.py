@@ -79,7 +79,8 @@ TOY_DVC_YAML = {
         "export": {"cmd": "python toy_stages.py export", "deps": ["models/keras"],
                    "outs": ["models/onnx"],
                    "metrics": [{"metrics/export.json": {"cache": False}}]},
-    }
+    },
+    "artifacts": {"seqmnist-rnn": {"path": "models/onnx/model.onnx", "type": "model"}},
 }  # fmt: skip
 
 TOY_PARAMS = {
@@ -94,7 +95,6 @@ def make_toy_project(dest: Path, params: dict | None = None) -> Path:
     (dest / "toy_stages.py").write_text(TOY_STAGES)
     (dest / "dvc.yaml").write_text(yaml.safe_dump(TOY_DVC_YAML, sort_keys=False))
     (dest / "params.yaml").write_text(yaml.safe_dump(params or TOY_PARAMS, sort_keys=False))
-    (dest / ".gitignore").write_text("/versions/\n/models/promoted/\n")
     return init_repo(dest, "toy pipeline")
 
 
@@ -139,7 +139,9 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtur
 def pipeline(prefect_api: None) -> Iterator[ModuleType]:
     """flows/pipeline.py, with retries that do not wait (the policy itself is tested apart)."""
     module = load_pipeline()
-    original = module.repro_stage
-    module.repro_stage = original.with_options(retry_delay_seconds=0, retry_jitter_factor=None)
+    originals = {"repro_stage": module.repro_stage, "dvc_sync": module.dvc_sync}
+    for name, task in originals.items():
+        setattr(module, name, task.with_options(retry_delay_seconds=0, retry_jitter_factor=None))
     yield module
-    module.repro_stage = original
+    for name, task in originals.items():
+        setattr(module, name, task)

@@ -5,9 +5,8 @@ these functions or through the `dvc` command line (seqmnist.orchestration.runner
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -98,48 +97,3 @@ def apply_param_overrides(root: Path, overrides: Sequence[str]) -> None:
     except InvalidArgumentError as exc:
         cause = f": {exc.__cause__}" if exc.__cause__ else ""
         raise ConfigError(f"invalid override in {list(overrides)}{cause}") from None
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one level of dotted keys, so versions can be compared key by key."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def read_output_hashes(root: Path) -> dict[str, str]:
-    """Content hashes of the cached data and model outputs, as dvc.lock records them."""
-    hashes: dict[str, str] = {}
-    with _open_repo(root) as repo:
-        for stage in repo.index.stages:
-            for out in stage.outs:
-                if out.use_cache and out.hash_info and out.hash_info.value:
-                    hashes[str(out.def_path)] = str(out.hash_info.value)
-    return dict(sorted(hashes.items()))
-
-
-def read_metrics(root: Path) -> dict[str, float]:
-    """Every numeric metric DVC tracks, keyed `file:dotted.key` so files never collide."""
-    with _open_repo(root) as repo:
-        shown = repo.metrics.show(on_error="return")
-    # Without revs DVC shows only the workspace, under a single key.
-    workspace = next(iter(shown.values()), {})
-    files = workspace.get("data", {})
-    metrics: dict[str, float] = {}
-    for file_name, content in files.items():
-        for key, value in flatten(content.get("data") or {}).items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                metrics[f"{Path(file_name).as_posix()}:{key}"] = float(value)
-    return dict(sorted(metrics.items()))
-
-
-def read_params(root: Path) -> dict[str, Any]:
-    """All params DVC tracks for this workspace, flattened to dotted keys."""
-    import dvc.api
-
-    return dict(sorted(flatten(dvc.api.params_show(repo=str(root))).items()))

@@ -168,11 +168,16 @@ def sync_with_remote(
     root: Path, direction: str, timeout_s: float = DEFAULT_SYNC_TIMEOUT_S
 ) -> CommandResult:
     """`dvc pull` (tolerating outputs the remote does not have yet) or `dvc push`."""
+    from seqmnist.orchestration.dvc import default_remote
+
     if direction not in {"pull", "push"}:
         raise ValueError(f"direction must be 'pull' or 'push', not {direction!r}")
     cmd = dvc("pull", "--allow-missing") if direction == "pull" else dvc("push")
     result = run_command(cmd, root, timeout_s)
     if result.timed_out or result.returncode != 0:
         outcome = "timed out" if result.timed_out else f"exited with code {result.returncode}"
-        raise OrchestrationError(f"`dvc {direction}` {outcome}\n{result.log_tail}")
+        raise OrchestrationError(
+            f"`dvc {direction}` with DVC remote {default_remote(root)!r} {outcome}\n"
+            f"{result.log_tail}"
+        )
     return result

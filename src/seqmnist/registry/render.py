@@ -7,19 +7,10 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from seqmnist.errors import HistoryError
-from seqmnist.registry.versions import (
-    HEADLINE_METRICS,
-    HISTORY_FILE,
-    STATUS_NEW,
-    diff_versions,
-    distinct_versions,
-    find_version,
-    load_history,
-)
+from seqmnist.registry.versions import HEADLINE_METRICS, diff_versions, find_version
 
 SHORT_COMMIT = 8
 FLOAT_DIGITS = 4
@@ -37,20 +28,18 @@ def _signed(value: float | None) -> str:
     return "" if value is None else f"{value:+.{FLOAT_DIGITS}f}"
 
 
-def table_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per version: what the CLI prints and the Prefect table artifact shows."""
+def table_rows(versions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per registered version: what the CLI prints and the Prefect table shows."""
     rows = []
-    for item in distinct_versions(history):
-        commit = (item.get("git_commit") or "-")[:SHORT_COMMIT]
+    for item in versions:
         metrics = item.get("metrics") or {}
         rows.append(
             {
                 "version": item["version"],
-                "first_recorded_at": item["first_recorded_at"],
-                "commit": f"{commit}{'+dirty' if item.get('git_dirty') else ''}",
-                "runs": item["runs"],
+                "registered": item.get("created", "")[:19],
+                "commit": (item.get("git_commit") or "-")[:SHORT_COMMIT],
                 **{name: metrics.get(key) for name, key in HEADLINE_METRICS.items()},
-                "promoted": bool(item.get("promoted")),
+                "stages": ",".join(item.get("stages") or []) or "-",
             }
         )
     return rows
@@ -59,7 +48,7 @@ def table_rows(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def render_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Rows as an aligned plain-text table."""
     if not rows:
-        return "no versions recorded yet"
+        return "no versions registered yet (run the Prefect flow: `seqmnist flow run`)"
     columns = list(rows[0])
     cells = [[_fmt(row.get(col)) for col in columns] for row in rows]
     widths = [max(len(col), *(len(r[i]) for r in cells)) for i, col in enumerate(columns)]
@@ -86,14 +75,12 @@ def render_diff_text(diff: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_diff_markdown(diff: Mapping[str, Any] | None, current: Mapping[str, Any]) -> str:
-    """The Prefect Markdown artifact: this version against the previously recorded one."""
-    head = f"# seqmnist version `{current['version']}` ({current.get('status', STATUS_NEW)})\n"
-    if current.get("gate"):
-        head += f"\nGate: {current['gate']}\n"
+def render_diff_markdown(diff: Mapping[str, Any] | None, title: str, summary: str) -> str:
+    """The Prefect Markdown artifact: this version against the previously registered one."""
+    head = f"# seqmnist {title}\n\n{summary}\n"
     if diff is None:
-        return head + "\nFirst recorded version: nothing to compare with.\n"
-    parts = [head, f"\nCompared with previous version `{diff['from']}`.\n"]
+        return head + "\nFirst registered version: nothing to compare with.\n"
+    parts = [head, f"\nCompared with the previous version `{diff['from']}`.\n"]
     metrics = diff["metrics"]
     parts.append("\n## Metrics\n")
     if metrics:
@@ -114,30 +101,31 @@ def render_diff_markdown(diff: Mapping[str, Any] | None, current: Mapping[str, A
     return "".join(parts)
 
 
-def _diff_refs(history: Sequence[Mapping[str, Any]], refs: Sequence[str]) -> dict[str, Any]:
-    versions = distinct_versions(history)
+def _diff_refs(versions: Sequence[Mapping[str, Any]], refs: Sequence[str]) -> dict[str, Any]:
     if len(refs) > 2:
         raise HistoryError(f"diff takes at most two versions, got {len(refs)}")
     if len(refs) == 2:
-        return diff_versions(find_version(history, refs[0]), find_version(history, refs[1]))
+        return diff_versions(find_version(versions, refs[0]), find_version(versions, refs[1]))
     if len(refs) == 1:
-        return diff_versions(find_version(history, refs[0]), versions[-1] if versions else {})
+        return diff_versions(find_version(versions, refs[0]), versions[-1])
     if len(versions) < 2:
-        raise HistoryError(f"need two recorded versions to diff, found {len(versions)}")
+        raise HistoryError(f"need two registered versions to diff, found {len(versions)}")
     return diff_versions(versions[-2], versions[-1])
 
 
 def main(args: argparse.Namespace) -> None:
-    """`seqmnist versions [list|diff] [refs...] [--history PATH] [--json]`."""
-    path = Path(args.history) if args.history else HISTORY_FILE
-    history = load_history(path)
+    """`seqmnist versions [list|diff] [refs...] [--json]`: read from the git tags of this clone."""
+    from seqmnist.orchestration.dvc import find_project_root
+    from seqmnist.registry.history import versions as registered_versions
+    from seqmnist.registry.publish import load_publish_params
+
+    root = find_project_root(args.project)
+    versions = registered_versions(root, load_publish_params(root).artifact)
     if args.action == "list":
         if args.refs:
             raise HistoryError("`versions list` takes no version ids; use `versions diff A B`")
-        rows = table_rows(history)
+        rows = table_rows(versions)
         print(json.dumps(rows, indent=2) if args.json else render_table(rows))
         return
-    if not history:
-        raise HistoryError(f"{path}: no versions recorded yet (run the Prefect flow first)")
-    diff = _diff_refs(history, args.refs)
+    diff = _diff_refs(versions, args.refs)
     print(json.dumps(diff, indent=2, default=str) if args.json else render_diff_text(diff))

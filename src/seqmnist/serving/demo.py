@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from seqmnist.errors import ModelFileError, SeqmnistError
@@ -122,7 +123,10 @@ def build(web: Path) -> None:
 class DemoHandler(SimpleHTTPRequestHandler):
     """Files of web/dist/, plus the server's model at /model.onnx; never cached."""
 
-    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, **MIME_TYPES}
+    extensions_map: ClassVar[dict[str, str]] = {
+        **SimpleHTTPRequestHandler.extensions_map,
+        **MIME_TYPES,
+    }
     server: DemoServer
 
     def translate_path(self, path: str) -> str:

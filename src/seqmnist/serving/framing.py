@@ -42,7 +42,8 @@ CENTERING = "center_of_mass"
 LUMA_WEIGHTS = (19595, 38470, 7471)  # ITU-R 601-2 R, G, B weights x 2**16, as Pillow uses them
 LUMA_SHIFT = 16
 LUMA_HALF = 1 << (LUMA_SHIFT - 1)
-# Rows resampled at a time: keeps the float64 temporary near 8 MiB whatever the picture's size.
+# Pixels handled at a time: numpy's temporaries (int64 counts, float64 sums: 8 bytes a pixel)
+# stay near 8 MiB, so a huge picture needs little memory beyond its own uint8 gray copy.
 CHUNK_VALUES = 1 << 20
 GRAY_CHANNELS = (1, 2)  # gray, gray + alpha
 ALPHA_CHANNELS = (2, 4)  # gray + alpha, RGBA
@@ -80,9 +81,18 @@ def invert(gray: np.ndarray) -> np.ndarray:
     return PIXEL_MAX - gray
 
 
+def _row_chunks(image: np.ndarray) -> list[slice]:
+    """Slices of whole rows, about CHUNK_VALUES pixels each."""
+    height, width = image.shape[:2]
+    step = max(1, CHUNK_VALUES // max(1, width))
+    return [slice(top, top + step) for top in range(0, height, step)]
+
+
 def background_level(gray: np.ndarray) -> int:
     """The lower median gray level: the paper, for any digit covering less than half of it."""
-    counts = np.bincount(gray.ravel(), minlength=PIXEL_LEVELS)
+    counts = sum(
+        np.bincount(gray[rows].ravel(), minlength=PIXEL_LEVELS) for rows in _row_chunks(gray)
+    )
     return int(np.searchsorted(np.cumsum(counts), (gray.size + 1) // 2))
 
 
@@ -96,9 +106,14 @@ def ink_box(gray: np.ndarray, source: str = "image") -> tuple[slice, slice, int]
             f"the background ({background}); expected a light digit on a dark background "
             "(for a dark digit on a light background, invert it: --dark-on-light)"
         )
-    ink = gray >= background + math.ceil(INK_THRESHOLD * contrast)
-    rows = np.flatnonzero(ink.any(axis=1))
-    columns = np.flatnonzero(ink.any(axis=0))
+    cutoff = background + math.ceil(INK_THRESHOLD * contrast)
+    ink_rows = np.zeros(gray.shape[0], bool)
+    ink_columns = np.zeros(gray.shape[1], bool)
+    for rows in _row_chunks(gray):
+        ink = gray[rows] >= cutoff
+        ink_rows[rows] = ink.any(axis=1)
+        ink_columns |= ink.any(axis=0)
+    rows, columns = np.flatnonzero(ink_rows), np.flatnonzero(ink_columns)
     return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1), background
 
 
@@ -132,11 +147,10 @@ def area_resample(crop: np.ndarray, background: int, size: tuple[int, int]) -> n
     row_weights = area_weights(height, size[0])  # [h, H]
     column_weights = area_weights(width, size[1]).T  # [W, w]
     columns = np.empty((height, size[1]))  # [H, w]
-    step = max(1, CHUNK_VALUES // width)
-    for top in range(0, height, step):
-        rows = crop[top : top + step].astype(np.float64) - background
-        np.maximum(rows, 0, out=rows)
-        columns[top : top + step] = rows @ column_weights
+    for rows in _row_chunks(crop):
+        values = crop[rows].astype(np.float64) - background
+        np.maximum(values, 0, out=values)
+        columns[rows] = values @ column_weights
     return row_weights @ columns
 
 
