@@ -1,6 +1,6 @@
 """Schedules against a real `prefect server start` (127.0.0.1, free port, SQLite in a temp folder).
 
-Both ways of scheduling are exercised: `python flows/pipeline.py serve --cron ...` and the
+Both ways of scheduling are exercised: `seqmnist flow serve --cron ...` and the
 production path, `prefect deploy` from prefect.yaml plus a process worker. Every process a test
 starts is stopped at the end, passed or failed.
 """
@@ -23,10 +23,18 @@ import httpx
 import pytest
 import yaml
 
-from support.prefect_fixtures import PIPELINE_FILE, make_toy_project
-from support.project import PROJECT_ROOT, run
+from seqmnist.registry import tags
+from support.prefect_fixtures import make_toy_project
+from support.project import BIN_DIR, PROJECT_ROOT, run
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
+SEQMNIST = str(BIN_DIR / "seqmnist")
+
+
+def in_prod(project: Path) -> str | None:
+    holder = tags.in_stage(project, "seqmnist-rnn", "prod")
+    return holder.version if holder else None
+
 
 FLOW_NAME = "seqmnist-pipeline"
 SERVER_START_TIMEOUT_S = 120
@@ -155,7 +163,7 @@ def test_serve_creates_cron_deployment_and_runs_it(server: Server, tmp_path: Pat
     project = make_toy_project(tmp_path / "toy")
     name, cron = "test-serve", "*/15 * * * *"
     log = tmp_path / "serve.log"
-    command = [sys.executable, str(PIPELINE_FILE), "serve", "--cron", cron, "--name", name]
+    command = [SEQMNIST, "flow", "serve", "--cron", cron, "--name", name]
     with background(command, project, server.env, log) as serving:
         deployment = wait_for(
             "serve", lambda: read_deployment(server, name), DEPLOYMENT_TIMEOUT_S, log, serving
@@ -166,8 +174,7 @@ def test_serve_creates_cron_deployment_and_runs_it(server: Server, tmp_path: Pat
         state = run_to_completion(server, deployment, log, {})
 
     assert state["type"] == "COMPLETED", f"{state['message']}\n{log.read_text()[-4000:]}"
-    assert (project / "versions/history.jsonl").is_file()
-    assert (project / "models/promoted/model.onnx").is_file()
+    assert in_prod(project) == "v1.0.0"
 
 
 def test_prefect_yaml_deploys_to_process_pool_and_worker_runs_it(
@@ -190,4 +197,4 @@ def test_prefect_yaml_deploys_to_process_pool_and_worker_runs_it(
         state = run_to_completion(server, deployment, log, {"project_dir": str(project)})
 
     assert state["type"] == "COMPLETED", f"{state['message']}\n{log.read_text()[-4000:]}"
-    assert (project / "models/promoted/version.json").is_file()
+    assert in_prod(project) == "v1.0.0"

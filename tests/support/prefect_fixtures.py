@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import textwrap
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -95,6 +96,8 @@ def make_toy_project(dest: Path, params: dict | None = None) -> Path:
     (dest / "toy_stages.py").write_text(TOY_STAGES)
     (dest / "dvc.yaml").write_text(yaml.safe_dump(TOY_DVC_YAML, sort_keys=False))
     (dest / "params.yaml").write_text(yaml.safe_dump(params or TOY_PARAMS, sort_keys=False))
+    (dest / "flows").mkdir()
+    shutil.copy2(PIPELINE_FILE, dest / "flows" / PIPELINE_FILE.name)  # what `seqmnist flow` runs
     return init_repo(dest, "toy pipeline")
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from web_driver import WEB_DIR, Browser, serving
 
+from integration.web.web_driver import WEB_DIR, Browser, serving
 from seqmnist.data.idx import read_images, read_labels
 from seqmnist.paths import TEST_IMAGES, TEST_LABELS
 from seqmnist.serving import demo

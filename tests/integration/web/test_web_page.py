@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from web_driver import Browser, base64_to_floats, floats_to_base64, serving
-from web_images import (
+
+from integration.web.web_driver import Browser, base64_to_floats, floats_to_base64, serving
+from integration.web.web_images import (
     Placement,
     photo_like,
     png_bytes,
@@ -26,7 +27,6 @@ from web_images import (
     strokes,
     transparent,
 )
-
 from seqmnist.serving import framing
 from seqmnist.serving.predict import Predictor, load_inputs
 from support.project import PROJECT_ROOT
