@@ -26,9 +26,11 @@ TRAIN_CHECKPOINT_DIR = Path("checkpoints/train")
 EVAL_METRICS = Path("metrics/evaluate.json")
 CONFUSION_CSV = Path("plots/confusion.csv")
 MISCLASSIFIED_PNG = Path("plots/misclassified.png")
+PER_CLASS_CSV = Path("plots/per_class.csv")
 
 ONNX_DIR = Path("models/onnx")
 ONNX_MODEL = ONNX_DIR / "model.onnx"
 ONNX_INT8_MODEL = ONNX_DIR / "model.int8.onnx"
 MODEL_CARD = ONNX_DIR / "MODEL_CARD.md"
 EXPORT_METRICS = Path("metrics/export.json")
+EXPORT_REPORT = ONNX_DIR / "export_report.json"

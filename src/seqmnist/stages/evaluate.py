@@ -23,6 +23,7 @@ from seqmnist.paths import (
     EVAL_METRICS,
     KERAS_MODEL,
     MISCLASSIFIED_PNG,
+    PER_CLASS_CSV,
     PROCESSED_DIR,
 )
 
@@ -115,6 +116,27 @@ def write_confusion_csv(path: Path, labels: np.ndarray, predicted: np.ndarray) -
         handle.write(buffer.getvalue().encode())
 
 
+def headline(metrics: dict) -> dict:
+    """The few numbers people compare across versions (`dvc metrics diff`, `dvc exp show`)."""
+    return {
+        "accuracy": metrics["accuracy"],
+        "loss": metrics["loss"],
+        "errors": metrics["errors"],
+        "macro_f1": metrics["macro"]["f1"],
+    }
+
+
+def write_per_class_csv(path: Path, metrics: dict) -> None:
+    """Precision, recall, F1 and support per class: a plot, not ten times four metric columns."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["class", "precision", "recall", "f1", "support"])
+    for label, scores in metrics["per_class"].items():
+        writer.writerow([label, *(scores[key] for key in ("precision", "recall", "f1", "support"))])
+    with atomic_open(path) as handle:
+        handle.write(buffer.getvalue().encode())
+
+
 def write_mistakes_grid(
     path: Path, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, indices
 ) -> None:
@@ -154,8 +176,9 @@ def run(
     metrics_path: Path = EVAL_METRICS,
     confusion_path: Path = CONFUSION_CSV,
     grid_path: Path = MISCLASSIFIED_PNG,
+    per_class_path: Path = PER_CLASS_CSV,
 ) -> dict:
-    """Evaluate on the test split; write metrics, the confusion plot data and the mistakes grid."""
+    """Evaluate on the test split: headline metrics, per-class scores, confusion data, mistakes."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise DataError(f"{model_path}: trained model not found; run `dvc repro train` first")
@@ -175,7 +198,8 @@ def run(
     probabilities = softmax(logits)
     predicted = probabilities.argmax(axis=1)
 
-    write_json(Path(metrics_path), metrics)
+    write_json(Path(metrics_path), headline(metrics))
+    write_per_class_csv(Path(per_class_path), metrics)
     write_confusion_csv(Path(confusion_path), y_test, predicted)
     mistakes = most_confident_mistakes(y_test, probabilities, params.misclassified_grid)
     write_mistakes_grid(Path(grid_path), x_test, y_test, probabilities, mistakes)

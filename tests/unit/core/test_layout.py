@@ -1,11 +1,15 @@
 """dvc.yaml, params.yaml and the code agree on paths, stages and params."""
 
+import json
+
 import yaml
 
 from seqmnist import paths
 from seqmnist.config import load_params
+from seqmnist.registry.versions import flatten
 from support.project import PROJECT_ROOT
 
+MAX_METRIC_COLUMNS = 20
 DVC_YAML = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
 STAGES = DVC_YAML["stages"]
 
@@ -25,18 +29,32 @@ def test_stages_are_the_five_in_order_each_running_its_own_subcommand():
 
 def test_outputs_match_the_paths_the_code_writes():
     assert declared("download", "outs") == {str(paths.RAW_DIR)}
-    assert declared("preprocess", "outs") == {str(paths.PROCESSED_DIR)}
-    assert declared("preprocess", "metrics") == {str(paths.DATA_STATS)}
+    assert declared("preprocess", "outs") == {str(paths.PROCESSED_DIR), str(paths.DATA_STATS)}
     assert declared("train", "outs") == {str(paths.KERAS_DIR)}
     assert declared("train", "metrics") == {str(paths.TRAIN_LIVE_DIR / "metrics.json")}
     assert declared("evaluate", "metrics") == {str(paths.EVAL_METRICS)}
     assert declared("evaluate", "plots") == {
         str(paths.CONFUSION_CSV),
         str(paths.MISCLASSIFIED_PNG),
+        str(paths.PER_CLASS_CSV),
     }
     assert declared("export", "outs") == {str(paths.ONNX_DIR)}
     assert declared("export", "metrics") == {str(paths.EXPORT_METRICS)}
     assert DVC_YAML["artifacts"]["seqmnist-rnn"]["path"] == str(paths.ONNX_MODEL)
+
+
+def test_metric_columns_fit_on_one_screen():
+    """`dvc exp show` and `dvc metrics diff` show a handful of numbers, not 129 columns."""
+    from seqmnist.registry.history import declared_files
+
+    _, metric_files, _ = declared_files(DVC_YAML)
+    columns = []
+    for name in metric_files:
+        content = json.loads((PROJECT_ROOT / name).read_text())
+        columns += [f"{name}:{key}" for key in flatten(content)]
+    assert 8 <= len(columns) <= MAX_METRIC_COLUMNS, columns
+    assert "metrics/evaluate.json:accuracy" in columns
+    assert "metrics/export.json:max_abs_prob_diff" in columns
 
 
 def test_metrics_are_git_tracked_so_they_diff_across_commits():

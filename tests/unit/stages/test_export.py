@@ -33,8 +33,12 @@ def exported(tiny_export: TinyExport) -> TinyExport:
 
 def test_writes_model_card_int8_and_metrics(exported: TinyExport) -> None:
     names = sorted(path.name for path in exported.out_dir.iterdir())
-    assert names == ["MODEL_CARD.md", "model.int8.onnx", "model.onnx"]
-    assert json.loads(exported.metrics_path.read_text()) == exported.metrics
+    assert names == ["MODEL_CARD.md", "export_report.json", "model.int8.onnx", "model.onnx"]
+    assert json.loads((exported.out_dir / "export_report.json").read_text()) == exported.metrics
+    headline = json.loads(exported.metrics_path.read_text())
+    assert headline["model_bytes"] == (exported.out_dir / "model.onnx").stat().st_size
+    assert headline["max_abs_prob_diff"] == exported.metrics["max_abs_prob_diff"]
+    assert len(headline) == 5, "the full report stays out of `dvc metrics`"
     assert not list(exported.out_dir.parent.glob(".onnx*")), "staging folder left behind"
 
 
