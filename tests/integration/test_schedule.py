@@ -26,6 +26,7 @@ import yaml
 from seqmnist.registry import tags
 from support.prefect_fixtures import make_toy_project
 from support.project import BIN_DIR, PROJECT_ROOT, run
+from support.s3 import CREDENTIALS, s3_server
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 SEQMNIST = str(BIN_DIR / "seqmnist")
@@ -177,24 +178,44 @@ def test_serve_creates_cron_deployment_and_runs_it(server: Server, tmp_path: Pat
     assert in_prod(project) == "v1.0.0"
 
 
-def test_prefect_yaml_deploys_to_process_pool_and_worker_runs_it(
+def test_prefect_yaml_deployment_runs_on_a_worker_from_a_git_clone(
     server: Server, tmp_path: Path
 ) -> None:
+    """The production path: `prefect deploy` from prefect.yaml, a process worker in a folder of
+    its own that clones the repository, and a version published to the origin and S3."""
     spec = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
     (declared,) = spec["deployments"]
     pool = declared["work_pool"]["name"]
-    project = make_toy_project(tmp_path / "toy")
+    with s3_server() as s3:
+        s3.create_bucket("seqmnist")
+        env = {**server.env, **CREDENTIALS}
+        project = make_toy_project(tmp_path / "toy")
+        origin = tmp_path / "origin.git"
+        run(["git", "init", "--quiet", "--bare", str(origin)], tmp_path)
+        run(["dvc", "remote", "add", "-d", "s3", "s3://seqmnist/dvc"], project)
+        run(["dvc", "remote", "modify", "s3", "endpointurl", s3.endpoint], project)
+        run(["git", "commit", "--quiet", "-am", "DVC remote on S3"], project)
+        run(["git", "remote", "add", "origin", str(origin)], project)
+        run(["git", "push", "--quiet", "origin", "HEAD"], project)
+        branch = run(["git", "branch", "--show-current"], project).stdout.strip()
+        for name, value in (("seqmnist_repository", str(origin)), ("seqmnist_branch", branch)):
+            run([PREFECT, "variable", "set", name, value, "--overwrite"], tmp_path, **env)
 
-    run([PREFECT, "work-pool", "create", pool, "--type", "process"], tmp_path, **server.env)
-    run([PREFECT, "--no-prompt", "deploy", "--all"], PROJECT_ROOT, **server.env)
-    deployment = read_deployment(server, declared["name"])
-    assert deployment is not None
-    assert crons(deployment) == [item["cron"] for item in declared["schedules"]]
-    assert deployment["work_pool_name"] == pool
+        run([PREFECT, "work-pool", "create", pool, "--type", "process"], tmp_path, **env)
+        run([PREFECT, "--no-prompt", "deploy", "--all"], PROJECT_ROOT, **env)
+        deployment = read_deployment(server, declared["name"])
+        assert deployment is not None
+        assert crons(deployment) == [item["cron"] for item in declared["schedules"]]
+        assert deployment["work_pool_name"] == pool
+        assert (deployment.get("global_concurrency_limit") or {}).get("limit") == 1
 
-    log = tmp_path / "worker.log"
-    with background([PREFECT, "worker", "start", "--pool", pool], tmp_path, server.env, log):
-        state = run_to_completion(server, deployment, log, {"project_dir": str(project)})
+        worker_dir = tmp_path / "worker"  # shares nothing with the project but the origin
+        worker_dir.mkdir()
+        log = tmp_path / "worker.log"
+        with background([PREFECT, "worker", "start", "--pool", pool], worker_dir, env, log):
+            state = run_to_completion(server, deployment, log, {})
 
     assert state["type"] == "COMPLETED", f"{state['message']}\n{log.read_text()[-4000:]}"
-    assert in_prod(project) == "v1.0.0"
+    assert "pushed to origin" in state["message"]
+    origin_tags = run(["git", "tag", "--list"], origin).stdout.split()
+    assert sorted(origin_tags) == ["seqmnist-rnn#prod#1", "seqmnist-rnn@v1.0.0"]

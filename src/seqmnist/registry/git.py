@@ -82,6 +82,13 @@ def push_branch(root: Path, remote: str, branch: str, attempts: int) -> None:
     )
 
 
+def fetch_history(root: Path, remote: str) -> None:
+    """The remote's tags and full history: versions other machines registered, and enough
+    ancestry to rebase on (a deployment's git_clone step makes a shallow clone)."""
+    shallow = git(root, "rev-parse", "--is-shallow-repository").stdout.strip() == "true"
+    git(root, "fetch", "--quiet", "--tags", *(["--unshallow"] if shallow else []), remote)
+
+
 def push_tags(root: Path, remote: str, tags: Sequence[str]) -> None:
     unique = list(dict.fromkeys(tags))
     if unique:
