@@ -1,9 +1,16 @@
 """What the numbers were measured on: CPU model, SIMD flags, clock, cores, FP32 peak, versions.
 
-The peak is cores x clock x FP32 FLOPs per cycle per core, where FLOPs/cycle follows from the
-widest FMA the flags advertise, assuming two FMA units per core (true of Xeon Scalable Gold and
-Platinum parts and of client cores since Haswell; a part with one 512-bit unit has half):
-AVX-512F: 2 units x 16 lanes x 2 = 64; AVX2+FMA: 2 x 8 x 2 = 32; AVX: 8 + 8 = 16; SSE: 8.
+The peak is cores x clock x FP32 FLOPs per cycle per core. FLOPs per cycle come from the core's
+real vector throughput, not from the widest instructions it accepts (`PEAK_RULES`):
+  - Intel with AVX-512F: two 512-bit FMA units, 2 x 16 lanes x 2 = 64 (Xeon Scalable Gold and
+    Platinum and later server parts; Intel 64 and IA-32 Optimization Reference Manual). Parts
+    with one 512-bit unit (some Silver/Bronze) have half: the rule cannot see that from flags.
+  - AMD Zen 4 (family 0x19 with AVX-512F): 512-bit FMAs run as two 256-bit halves on two FMA
+    pipes, 2 x 8 x 2 = 32 (AMD Software Optimization Guide for Family 19h).
+  - AMD Zen 5 (family 0x1A): two full 512-bit FMA pipes, 64.
+  - AVX2 with FMA (two 256-bit FMA units: Intel since Haswell, AMD since Zen 2): 32; Zen 1
+    (family 0x17, models below 0x30) splits them into 128-bit halves: 16.
+  - AVX without FMA: 8 + 8 = 16; SSE: 8.
 """
 
 from __future__ import annotations
@@ -17,14 +24,9 @@ from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
 MAX_FREQ = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
-FMA_UNITS = 2
-# (flags that must all be present, lanes of fp32 per vector, FMA?) from widest to narrowest.
-SIMD_LEVELS: tuple[tuple[str, tuple[str, ...], int, bool], ...] = (
-    ("AVX-512F", ("avx512f", "fma"), 16, True),
-    ("AVX2+FMA", ("avx2", "fma"), 8, True),
-    ("AVX", ("avx",), 8, False),
-    ("SSE", ("sse",), 4, False),
-)
+ZEN1_FAMILY = 0x17
+ZEN2_FIRST_MODEL = 0x30
+ZEN4_FAMILY = 0x19
 REPORTED_FLAGS = (
     "sse4_2",
     "avx",
@@ -91,13 +93,24 @@ def _clock_mhz(info: dict[str, str]) -> tuple[float, str]:
     return 0.0, "unknown"
 
 
-def simd_level(flags: set[str]) -> tuple[str, int]:
-    """The widest SIMD level the flags allow, and its FP32 FLOPs per cycle per core."""
-    for name, required, lanes, fma in SIMD_LEVELS:
-        if all(flag in flags for flag in required):
-            per_unit = lanes * 2 if fma else lanes
-            return name, per_unit * FMA_UNITS
-    return "scalar", 2
+def simd_level(flags: set[str], vendor: str = "", family: int = 0, model: int = 0):
+    """(level, FP32 FLOPs per cycle per core, the rule applied) for this CPU."""
+    amd = vendor == "AuthenticAMD"
+    if "avx512f" in flags and "fma" in flags:
+        if amd and family == ZEN4_FAMILY:
+            return "AVX-512F", 32, "AMD Zen 4: 512-bit FMA as two 256-bit halves, 2 pipes x 8 x 2"
+        if amd:
+            return "AVX-512F", 64, "AMD Zen 5: two 512-bit FMA pipes, 2 x 16 x 2"
+        return "AVX-512F", 64, "Intel: two 512-bit FMA units, 2 x 16 x 2 (one-unit parts: half)"
+    if "avx2" in flags and "fma" in flags:
+        if amd and family == ZEN1_FAMILY and model < ZEN2_FIRST_MODEL:
+            return "AVX2+FMA", 16, "AMD Zen 1: 256-bit FMA as two 128-bit halves, 2 x 4 x 2"
+        return "AVX2+FMA", 32, "two 256-bit FMA units, 2 x 8 x 2"
+    if "avx" in flags:
+        return "AVX", 16, "256-bit add + multiply, 8 + 8"
+    if "sse" in flags:
+        return "SSE", 8, "128-bit add + multiply, 4 + 4"
+    return "scalar", 2, "scalar add + multiply"
 
 
 def describe() -> Machine:
@@ -105,7 +118,8 @@ def describe() -> Machine:
     flags = set(info.get("flags", "").split())
     cores = len(os.sched_getaffinity(0))
     clock, source = _clock_mhz(info)
-    simd, per_cycle = simd_level(flags)
+    family, model = int(info.get("cpu family", 0)), int(info.get("model", 0))
+    simd, per_cycle, rule = simd_level(flags, info.get("vendor_id", ""), family, model)
     peak = cores * clock * 1e6 * per_cycle / 1e9
     return Machine(
         cpu_model=info.get("model name", platform.processor() or "unknown"),
@@ -117,8 +131,7 @@ def describe() -> Machine:
         simd=simd,
         flops_per_cycle_per_core=per_cycle,
         peak_gflops=round(peak, 1),
-        peak_formula=f"{cores} cores x {clock:.0f} MHz x {per_cycle} FLOP/cycle ({simd}, "
-        f"{FMA_UNITS} FMA units)",
+        peak_formula=f"{cores} cores x {clock:.0f} MHz x {per_cycle} FLOP/cycle ({simd}: {rule})",
         load_average=[round(value, 2) for value in os.getloadavg()],
     )
 

@@ -85,3 +85,24 @@ def test_training_profile_lists_ops_and_the_matmul_share() -> None:
     assert done.returncode == 0, done.stderr[-4000:]
     assert "MatMul" in done.stdout
     assert "matrix products:" in done.stdout and "% of op time" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("vendor", "family", "model", "flags", "per_cycle"),
+    [
+        ("GenuineIntel", 6, 207, {"avx512f", "avx2", "fma"}, 64),  # Xeon, two 512-bit units
+        ("AuthenticAMD", 25, 17, {"avx512f", "avx2", "fma"}, 32),  # EPYC Zen 4: 256-bit halves
+        ("AuthenticAMD", 26, 2, {"avx512f", "avx2", "fma"}, 64),  # Zen 5
+        ("AuthenticAMD", 23, 49, {"avx2", "fma"}, 32),  # Zen 2
+        ("AuthenticAMD", 23, 1, {"avx2", "fma"}, 16),  # Zen 1
+        ("GenuineIntel", 6, 63, {"avx2", "fma"}, 32),  # Haswell
+    ],
+)
+def test_peak_follows_the_cores_real_fma_throughput(vendor, family, model, flags, per_cycle):
+    sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+    try:
+        import machine
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "bench"))
+    _, got, rule = machine.simd_level(flags, vendor, family, model)
+    assert got == per_cycle and rule
