@@ -19,6 +19,7 @@ from prefect.tasks import exponential_backoff
 
 from seqmnist import environment
 from seqmnist.orchestration import dvc, runner
+from seqmnist.orchestration.lock import workspace_lock
 from seqmnist.registry import history, publish, render, versions
 
 environment.apply_defaults()
@@ -43,9 +44,18 @@ VERSION_DIFF_KEY = "seqmnist-version-diff"
     retry_jitter_factor=RETRY_JITTER_FACTOR,
     cache_policy=NO_CACHE,
 )
-def repro_stage(project_dir: str, stage: str, force: bool, timeout_s: float) -> dict[str, Any]:
-    """One DVC stage via `dvc repro`; DVC skips it when nothing it depends on changed."""
+def repro_stage(
+    project_dir: str, stage: str, force: bool, timeout_s: float, unchanged: bool = False
+) -> dict[str, Any]:
+    """One DVC stage via `dvc repro`; DVC skips it when nothing it depends on changed.
+
+    `unchanged`: the flow's one `dvc status` up front found the stage and everything before it
+    up to date, so no `dvc` process is started (the task still shows in the UI).
+    """
     logger = get_run_logger()
+    if unchanged:
+        logger.info("%s skipped (unchanged, per dvc status)", stage)
+        return {"stage": stage, "skipped": True, "duration_s": 0.0}
     result = runner.run_stage(
         Path(project_dir), stage, force=force, timeout_s=timeout_s, on_line=logger.info
     )
@@ -104,18 +114,25 @@ def seqmnist_pipeline(
     """Pull, run the stages in DVC's order, push the data, then commit, tag and gate the version."""
     logger = get_run_logger()
     root = dvc.find_project_root(project_dir)
-    remote = dvc.default_remote(root)
-    if remote:
-        dvc_sync(str(root), "pull")
-    dvc.apply_param_overrides(root, set_params or [])
-    order = dvc.stage_order(root, stages)
-    logger.info("stages in DVC order: %s", " -> ".join(order))
-    for stage in order:
-        repro_stage(str(root), stage, force, stage_timeout_s)
-    if remote:
-        dvc_sync(str(root), "push")  # the data first: no commit or tag may name missing data
-    outcome = publish_version(str(root), remote)
-    report(str(root), outcome)
+    with workspace_lock(root):
+        remote = dvc.default_remote(root)
+        if remote:
+            dvc_sync(str(root), "pull")
+        dvc.apply_param_overrides(root, set_params or [])
+        order = dvc.stage_order(root, stages)
+        stale = set(dvc.stale_stages(root))
+        logger.info(
+            "stages in DVC order: %s; stale: %s", " -> ".join(order), sorted(stale) or "none"
+        )
+        upstream_ran = False
+        for stage in order:
+            unchanged = not (force or upstream_ran or stage in stale)
+            result = repro_stage(str(root), stage, force, stage_timeout_s, unchanged)
+            upstream_ran = upstream_ran or not result["skipped"]
+        if remote:
+            dvc_sync(str(root), "push")  # the data first: no commit or tag may name missing data
+        outcome = publish_version(str(root), remote)
+        report(str(root), outcome)
     if outcome.decision.blocked:
         return Failed(message=outcome.summary, name="NotPromoted", data=outcome.record)
     return Completed(message=outcome.summary, data=outcome.record)

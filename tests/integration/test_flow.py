@@ -8,6 +8,7 @@ from types import ModuleType
 
 import pytest
 
+from seqmnist.orchestration.lock import workspace_lock
 from seqmnist.registry import history, tags, versions
 from support.prefect_fixtures import make_toy_project
 from support.project import QUICK_PARAMS, make_project, run
@@ -132,6 +133,21 @@ def test_gate_blocks_worse_model_and_keeps_the_promoted_one(
     assert registered(project) == ["v1.0.0", "v1.1.0"], "a blocked version is still registered"
     assert in_prod(project) == "v1.0.0"
     assert b"0.93" in (project / "models/onnx/model.onnx").read_bytes()
+
+
+def test_a_second_run_in_the_same_workspace_is_refused(
+    pipeline: ModuleType,
+    tmp_path: Path,
+) -> None:
+    project = make_toy_project(tmp_path / "toy")
+
+    with workspace_lock(project):  # as a first run holds it
+        refused = run_flow(pipeline, project)
+
+    assert refused.is_failed()
+    assert f"another seqmnist flow run is using {project}" in refused.message
+    assert registered(project) == [] and not (project / "dvc.lock").exists()
+    assert run_flow(pipeline, project).is_completed()
 
 
 def test_subset_run_publishes_nothing(

@@ -75,17 +75,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def model_card(facts: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """MODEL_CARD.md, generated from the same facts as the ONNX metadata."""
+def _header(facts: dict[str, Any], time_steps: int, features: int) -> list[str]:
     version = facts[onnx_meta.META_MODEL_VERSION]
-    spec = facts[onnx_meta.META_INPUT_SPEC]
-    prep = facts[onnx_meta.META_PREPROCESSING]
-    train = facts[onnx_meta.META_PARAMS]["train"]
-    arch = train.get("model", {}) if isinstance(train, dict) else {}
-    evaluate = facts[onnx_meta.META_TEST_METRICS].get("evaluate", {})
     dirty = " (uncommitted changes)" if version.get("git_dirty") else ""
-    _, time_steps, features = spec["shape"]
-    lines = [
+    return [
         "# seqmnist model card",
         "",
         f"Recurrent MNIST digit classifier that reads a {time_steps}x{features} image row by row "
@@ -97,7 +90,15 @@ def model_card(facts: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"- git commit: `{version.get('git_commit')}`{dirty}",
         f"- trained at commit: `{version.get('train_git_commit')}`",
         f"- seqmnist {version.get('seqmnist')}",
-        "",
+    ]
+
+
+def _interface(facts: dict[str, Any]) -> list[str]:
+    spec = facts[onnx_meta.META_INPUT_SPEC]
+    prep = facts[onnx_meta.META_PREPROCESSING]
+    train = facts[onnx_meta.META_PARAMS]["train"]
+    arch = train.get("model", {}) if isinstance(train, dict) else {}
+    return [
         "## Input",
         "",
         f"- `{spec['name']}`: {spec['dtype']} `[{', '.join(map(str, spec['shape']))}]` "
@@ -113,7 +114,12 @@ def model_card(facts: dict[str, Any], metrics: dict[str, Any]) -> str:
         "## Architecture",
         "",
         *[f"- {key}: {value}" for key, value in sorted(arch.items())],
-        "",
+    ]
+
+
+def _results(facts: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    evaluate = facts[onnx_meta.META_TEST_METRICS].get("evaluate", {})
+    lines = [
         "## Test-set results",
         "",
         "| model | accuracy |",
@@ -125,12 +131,17 @@ def model_card(facts: dict[str, Any], metrics: dict[str, Any]) -> str:
         lines.append(f"| ONNX int8 (dynamic) | {_fmt(metrics['int8_test_accuracy'])} |")
     if "accuracy" in evaluate:
         lines.append(f"| `evaluate` stage | {_fmt(evaluate['accuracy'])} |")
-    lines += [
+    return [
+        *lines,
         "",
         f"Parity with Keras on all {metrics['test_images']} test images: max |p_onnx - p_keras| "
         f"= {metrics['max_abs_prob_diff']:.3g} (allowed {metrics['parity_atol']:.3g}), "
         f"{metrics['argmax_disagreements']} predicted-class disagreements.",
-        "",
+    ]
+
+
+def _provenance(facts: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    return [
         "## Files",
         "",
         *[f"- `{name}`: {size:,} bytes" for name, size in metrics["file_sizes"].items()],
@@ -144,7 +155,11 @@ def model_card(facts: dict[str, Any], metrics: dict[str, Any]) -> str:
         "## Producer",
         "",
         *[f"- {name} {ver}" for name, ver in facts[onnx_meta.META_PRODUCER].items()],
-        "",
+    ]
+
+
+def _use(time_steps: int, features: int) -> list[str]:
+    return [
         "## Use",
         "",
         "```python",
@@ -157,12 +172,23 @@ def model_card(facts: dict[str, Any], metrics: dict[str, Any]) -> str:
         "labels = probabilities.argmax(axis=1)",
         "```",
         "",
-        "Or `seqmnist predict IMAGE.png` (onnxruntime only, no TensorFlow).",
+        "Or `seqmnist predict IMAGE.png` (onnxruntime only, no TensorFlow), which frames a picture "
+        "as MNIST's digits were framed before classifying it.",
         "",
         "## Limitations",
         "",
-        "Trained on MNIST only: centred, size-normalised handwritten digits. Other images should "
-        "be cropped to the digit with a margin like MNIST's before resizing.",
-        "",
+        "Trained on MNIST only: centred, size-normalised handwritten digits, white on black.",
     ]
-    return "\n".join(lines)
+
+
+def model_card(facts: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """MODEL_CARD.md, generated from the same facts as the ONNX metadata."""
+    _, time_steps, features = facts[onnx_meta.META_INPUT_SPEC]["shape"]
+    sections = [
+        _header(facts, time_steps, features),
+        _interface(facts),
+        _results(facts, metrics),
+        _provenance(facts, metrics),
+        _use(time_steps, features),
+    ]
+    return "\n\n".join("\n".join(section) for section in sections) + "\n"

@@ -34,9 +34,7 @@ from seqmnist.errors import InputFileError
 CANVAS_SIZE = 28  # MNIST's field, pixels per side
 BOX_SIZE = 20  # the ink's bounding box is scaled to fit BOX_SIZE x BOX_SIZE
 INK_THRESHOLD = 0.25  # ink: at least this fraction of the contrast above the background
-MIN_CONTRAST = (
-    32  # gray levels: a picture whose brightest pixel is closer to the background is blank
-)
+MIN_CONTRAST = 32  # gray levels: no pixel this far above the background = a blank picture
 RESAMPLING = "area"  # each output pixel is the mean of the source area it covers (box filter)
 CENTERING = "center_of_mass"
 LUMA_WEIGHTS = (19595, 38470, 7471)  # ITU-R 601-2 R, G, B weights x 2**16, as Pillow uses them

@@ -90,18 +90,25 @@ def _start_or_resume(params: TrainParams, splits: Splits, expected: str, checkpo
 
     steps_per_epoch = -(-len(splits.x_train) // params.batch_size)
     state = load_state(checkpoint_dir, expected)
-    if state is None:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        model = new_training_model(params, *splits.input_shape)
-        compile_model(model, params, steps_per_epoch)
-        return model, TrainingState(fingerprint=expected)
-    log.info("resuming from %s at epoch %d", checkpoint_dir, state.next_epoch + 1)
-    model = keras.models.load_model(
-        checkpoint_dir / CHECKPOINT_MODEL,
-        custom_objects={"FusedLSTM": FusedLSTM, "AveragingAdam": AveragingAdam},
-    )
-    restore_rng_states(model, state.rng_states)
-    return model, state
+    if state is not None:
+        try:
+            model = keras.models.load_model(
+                checkpoint_dir / CHECKPOINT_MODEL,
+                custom_objects={"FusedLSTM": FusedLSTM, "AveragingAdam": AveragingAdam},
+            )
+            restore_rng_states(model, state.rng_states)
+            log.info("resuming from %s at epoch %d", checkpoint_dir, state.next_epoch + 1)
+            return model, state
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning(
+                "%s is unreadable (%s); setting the checkpoint aside and starting over",
+                checkpoint_dir / CHECKPOINT_MODEL,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    model = new_training_model(params, *splits.input_shape)
+    compile_model(model, params, steps_per_epoch)
+    return model, TrainingState(fingerprint=expected)
 
 
 def _fit_epoch(model, params: TrainParams, splits: Splits, epoch: int, val_data, bar) -> dict:

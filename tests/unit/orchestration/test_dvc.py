@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from seqmnist.errors import ConfigError, OrchestrationError
-from seqmnist.orchestration import dvc, finish, runner
-from seqmnist.registry import gate
+from seqmnist.orchestration import dvc, runner
+from seqmnist.registry import gate, history
 from support.prefect_fixtures import make_toy_project
 
 ALL_STAGES = ["download", "preprocess", "train", "evaluate", "export"]
@@ -60,10 +60,10 @@ def test_no_remote_means_no_sync(toy: Path) -> None:
 def test_version_reads_dvc_lock_params_and_metrics(toy: Path) -> None:
     for stage in ALL_STAGES:
         runner.run_stage(toy, stage)
-    record = finish.build_version(toy)
+    record = history.workspace_record(toy)
     assert set(record["outputs"]) == {"data/raw", "data/processed", "models/keras", "models/onnx"}
     assert record["params"]["train.quality"] == 0.95
     assert record["metrics"][ACCURACY] == 0.95
     assert record["git_dirty"] is False and len(record["git_commit"]) == 40
     assert dvc.stale_stages(toy) == []
-    assert finish.build_version(toy)["version"] == record["version"]
+    assert history.workspace_record(toy)["id"] == record["id"]

@@ -253,6 +253,24 @@ def test_averaged_run_resumes_to_the_same_model(tmp_path, processed, monkeypatch
     assert_same_weights(tmp_path / "reference/model.keras", tmp_path / "victim/model.keras")
 
 
+def test_corrupt_checkpoint_is_named_and_set_aside(tmp_path, processed, caplog):
+    """A truncated last.keras beside a matching state file: named, set aside, trained afresh."""
+    reference = train_into(tmp_path / "reference", processed, epochs=1, warmup_epochs=0)
+    params = TrainParams.model_validate({**TINY, "epochs": 1, "warmup_epochs": 0})
+    expected = training.fingerprint(params, {}, load_split("train", processed)[0].shape)
+    checkpoint_dir = tmp_path / "run" / "checkpoints"
+    checkpoint_dir.mkdir(parents=True)
+    (checkpoint_dir / CHECKPOINT_STATE).write_text(
+        json.dumps({"fingerprint": expected, "next_epoch": 1})
+    )
+    (checkpoint_dir / checkpoints.CHECKPOINT_MODEL).write_bytes(b"PK\x03\x04 truncated")
+
+    info = train_into(tmp_path / "run", processed, epochs=1, warmup_epochs=0)
+
+    assert info["best_val_loss"] == reference["best_val_loss"], "trained from the start"
+    assert "last.keras is unreadable" in caplog.text and "starting over" in caplog.text
+
+
 def test_stale_checkpoint_from_other_params_is_discarded(tmp_path, processed):
     folder = tmp_path / "run"
     (folder / "checkpoints").mkdir(parents=True)
