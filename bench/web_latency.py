@@ -38,8 +38,8 @@ LATENCY_SCRIPT = PROJECT_ROOT / "web" / "tests" / "latency.mjs"
 DEFAULT_MIRROR = PROJECT_ROOT.parent / "shared" / "mnist"
 IMAGES = 200
 CALLS = 200
-RUNS = 5
-WARMUP = 50
+RUNS = 7
+WARMUP = 500
 BROWSER_TIMEOUT_S = 600
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from seqmnist import __version__, environment, logs
+from seqmnist.constants import PREDICT_BATCH_SIZE
 from seqmnist.errors import MissingExtraError, SeqmnistError
 from seqmnist.paths import FLOW_ENTRYPOINT, ONNX_MODEL, PARAMS_FILE
 
@@ -196,8 +197,6 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    from seqmnist.serving.predict import add_arguments
-
     predict = _command(
         sub,
         "predict",
@@ -207,7 +206,24 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "Inputs: PNG/JPEG images of any size, .npy arrays [N, rows, columns] or\n"
         "[rows, columns], and IDX image files (.gz or not).",
     )
-    add_arguments(predict)
+    predict.add_argument("inputs", nargs="+", type=Path, help="files to classify")
+    predict.add_argument("--model", type=Path, default=ONNX_MODEL, help="ONNX model file")
+    predict.add_argument(
+        "--dark-on-light",
+        action="store_true",
+        help="invert images first (for dark digits on a light background, e.g. scans)",
+    )
+    predict.add_argument(
+        "--no-frame",
+        action="store_true",
+        help="resize whole pictures to 28x28 instead of framing their digit like MNIST "
+        "(cropped to the ink, scaled into 20x20, centered by center of mass); .npy and IDX "
+        "inputs are never framed",
+    )
+    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+    predict.add_argument(
+        "--batch-size", type=int, default=PREDICT_BATCH_SIZE, help="images per ONNX call"
+    )
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

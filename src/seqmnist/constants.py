@@ -6,3 +6,4 @@ NUM_CLASSES = 10
 GZIP_MAGIC = b"\x1f\x8b"
 # onnxruntime everywhere seqmnist runs a model: CPU only, so results match across machines.
 ORT_PROVIDERS = ("CPUExecutionProvider",)
+PREDICT_BATCH_SIZE = 256  # images per onnxruntime call in `seqmnist predict`

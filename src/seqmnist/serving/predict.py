@@ -35,13 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from seqmnist.constants import GZIP_MAGIC, ORT_PROVIDERS, PIXEL_MAX
+from seqmnist.constants import GZIP_MAGIC, ORT_PROVIDERS, PIXEL_MAX, PREDICT_BATCH_SIZE
 from seqmnist.errors import InputFileError, ModelFileError, SeqmnistError
 from seqmnist.onnx import metadata as onnx_meta
-from seqmnist.paths import ONNX_MODEL
 from seqmnist.serving import framing
 
-DEFAULT_BATCH_SIZE = 256
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 NPY_SUFFIX = ".npy"
 NPY_MAGIC = b"\x93NUMPY"
@@ -130,7 +128,7 @@ class Predictor:
             labels = [str(index) for index in range(count)]
         self.class_labels: list[str] = [str(label) for label in labels]
 
-    def predict(self, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    def predict(self, x: np.ndarray, batch_size: int = PREDICT_BATCH_SIZE) -> np.ndarray:
         """Class probabilities [N, classes] for [N, T, F] (or one [T, F]) model inputs."""
         if batch_size < 1:
             raise SeqmnistError(f"batch size must be at least 1, got {batch_size}")
@@ -281,7 +279,7 @@ def classify(
     predictor: Predictor,
     paths: Sequence[Path],
     dark_on_light: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = PREDICT_BATCH_SIZE,
     frame: bool = True,
 ) -> list[Prediction]:
     """Load every input, run them through the model in batches, one Prediction per image."""
@@ -306,28 +304,6 @@ def classify(
             )
         )
     return predictions
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `seqmnist predict`."""
-    parser.add_argument("inputs", nargs="+", type=Path, help="files to classify")
-    parser.add_argument("--model", type=Path, default=ONNX_MODEL, help="ONNX model file")
-    parser.add_argument(
-        "--dark-on-light",
-        action="store_true",
-        help="invert images first (for dark digits on a light background, e.g. scans)",
-    )
-    parser.add_argument(
-        "--no-frame",
-        action="store_true",
-        help="resize whole pictures to 28x28 instead of framing their digit like MNIST "
-        "(cropped to the ink, scaled into 20x20, centered by center of mass); .npy and IDX "
-        "inputs are never framed",
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per ONNX call"
-    )
 
 
 def main(args: argparse.Namespace) -> None:

@@ -124,8 +124,8 @@ def test_remote_down_publishes_nothing_and_a_rerun_completes(
 
     repro_stage = pipeline.repro_stage
 
-    def remote_dies_after_export(project_dir, stage, force, timeout_s):
-        result = repro_stage(project_dir, stage, force, timeout_s)
+    def remote_dies_after_export(project_dir, stage, *args):
+        result = repro_stage(project_dir, stage, *args)
         if stage == "export":
             s3.stop()  # the stages ran; now the push of their outputs cannot reach S3
         return result

@@ -9,6 +9,7 @@ the server and the browser.
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 from integration.web.web_driver import Browser, base64_to_floats, floats_to_base64, serving
 from integration.web.web_images import (
     Placement,
+    as_jpeg,
     photo_like,
     png_bytes,
     relocated,
@@ -91,13 +93,15 @@ def test_page_loads_everything_from_its_own_server(page: Browser, page_url: str)
 
 
 def _pictures(images: np.ndarray, rng: np.random.Generator) -> list[tuple[str, bytes, bool]]:
-    """(name, PNG, dark on light): drawn strokes, photos of paper, transparent and small digits."""
+    """(name, file, dark on light): drawn strokes, photos of paper, transparent and small digits."""
     pictures = []
     for index in range(8):
         placement = Placement(*rng.uniform(0, 60, 2), scale=rng.uniform(4, 8))
         drawing = render_strokes(strokes(images[index]), PAD_SIZE, placement, BRUSH_WIDTH)
         pictures.append((f"strokes-{index}.png", png_bytes(drawing), False))
     pictures += [(f"photo-{i}.png", photo_like(images[8 + i], rng), True) for i in range(8)]
+    # JPEGs too: Pillow and Chromium both decode them with libjpeg-turbo's defaults.
+    pictures += [(f"photo-{i}.jpg", as_jpeg(photo_like(images[i], rng)), True) for i in range(4)]
     pictures += [
         (f"transparent-{i}.png", transparent(images[16 + i], rng), False) for i in range(4)
     ]
@@ -266,3 +270,38 @@ def test_screenshot_after_a_prediction(
     if ignored.returncode == 0:
         ARTIFACTS.mkdir(exist_ok=True)
         print(f"screenshot copied to {shutil.copy(shot, ARTIFACTS / shot.name)}")
+
+
+def _with_framing(trained_model: Path, dest: Path, **changes: object) -> Path:
+    """A copy of the model whose preprocessing metadata states other framing constants."""
+    import onnx
+
+    from seqmnist.onnx import metadata as onnx_meta
+
+    model = onnx.load(trained_model)
+    for prop in model.metadata_props:
+        if prop.key == onnx_meta.META_PREPROCESSING:
+            spec = json.loads(prop.value)
+            spec["framing"].update(changes)
+            prop.value = json.dumps(spec)
+    onnx.save(model, dest)
+    return dest
+
+
+def test_framing_constants_come_from_the_model_metadata(
+    browser: Browser, web_dist: Path, trained_model: Path, tmp_path: Path
+) -> None:
+    tall_bar = np.zeros((120, 60), np.uint8)
+    tall_bar[10:110, 25:35] = 255
+    payload = [image_payload("bar.png", png_bytes(Image.fromarray(tall_bar)))]
+    smaller_box = _with_framing(trained_model, tmp_path / "box14.onnx", box_size=14)
+    with serving(web_dist, smaller_box) as url:
+        assert browser.open(url)["ready"]
+        inputs, _ = page_inputs(
+            browser.call("classify_images", images=payload, dark_on_light=False)
+        )
+    assert np.count_nonzero(inputs[0].any(axis=1)) == 14
+    unknown = _with_framing(trained_model, tmp_path / "lanczos.onnx", resampling="lanczos")
+    with serving(web_dist, unknown) as url:
+        outcome = browser.open(url)
+    assert not outcome["ready"] and 'resampling "lanczos"' in outcome["error"], outcome

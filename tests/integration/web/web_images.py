@@ -28,6 +28,13 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def as_jpeg(png: bytes, quality: int = 90) -> bytes:
+    """The same picture as a JPEG, as cameras and phones save them."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def thin(ink: np.ndarray) -> np.ndarray:
     """Zhang-Suen thinning of a boolean image [H, W] to 1-pixel-wide lines."""
     image = np.pad(ink.astype(np.uint8), 1)

@@ -7,12 +7,15 @@ for nothing. The end-to-end check edits a module in a real DVC repo and asks `dv
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from support.imports import stage_closure
+from support.imports import closure, module_file, stage_closure
 from support.project import PROJECT_ROOT, make_project, run
 
 SRC = PROJECT_ROOT / "src"
@@ -78,3 +81,15 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(tmp_path: Path
     changed = sorted(key.rsplit(":", 1)[-1] for key in status)
     users = sorted(s for s in STAGES if Path("seqmnist/data/dataset.py") in stage_closure(SRC, s))
     assert changed == users == ["evaluate", "export", "preprocess", "train"]
+
+
+def test_the_cli_imports_only_its_module_level_closure_before_a_command_runs():
+    """The deps count the CLI's module-level imports only: right only if building the parser
+    (what every command does before its handler) imports nothing more, e.g. not the predictor."""
+    probe = (
+        "import json, sys; from seqmnist.cli import build_parser; build_parser(); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'seqmnist')))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = {module_file(SRC, name).relative_to(SRC) for name in json.loads(done.stdout)}
+    assert loaded == closure(SRC, ["seqmnist.cli"], top_level_roots=True)

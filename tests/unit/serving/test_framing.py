@@ -140,3 +140,23 @@ def test_huge_picture_needs_less_memory_than_itself() -> None:
         tracemalloc.stop()
     assert framed.max() == 1.0
     assert peak < picture.nbytes / 2, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_model_metadata_states_the_framing_constants() -> None:
+    """The web page reads these from the model; the Python framing uses the module's own."""
+    from seqmnist.onnx import metadata as onnx_meta
+
+    spec = onnx_meta.preprocessing_spec(28, 28)
+    assert spec["scale"] == "pixel / 255" and spec["pixel_max"] == 255.0
+    assert spec["framing"] == {
+        **spec["framing"],
+        "canvas_size": {"height": 28, "width": 28},
+        "box_size": framing.BOX_SIZE,
+        "ink_threshold": framing.INK_THRESHOLD,
+        "min_contrast": framing.MIN_CONTRAST,
+        "resampling": framing.RESAMPLING,
+        "centering": framing.CENTERING,
+        "luma_weights": list(framing.LUMA_WEIGHTS),
+        "luma_shift": framing.LUMA_SHIFT,
+    }
+    assert "20x20" in spec["description"] and "28x28" in spec["description"]
