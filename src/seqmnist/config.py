@@ -9,7 +9,7 @@ the shipped params.yaml.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -114,13 +114,30 @@ def parse_params(raw: object, source: Path = PARAMS_FILE) -> Params:
         raise ConfigError(_describe(exc, source)) from None
 
 
-def load_params(path: Path = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml."""
+def _read_yaml(path: Path) -> object:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: parameters file not found (run from the project root)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(raw, path)
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    return parse_params(_read_yaml(path), Path(path))
+
+
+Section = TypeVar("Section", bound=BaseModel)
+
+
+def load_section(path: Path, name: str, model: type[Section]) -> Section:
+    """One section of params.yaml alone (defaults where absent), e.g. `gate` or `publish`:
+    what runs after the stages must not depend on the stages' params being valid."""
+    raw = _read_yaml(path) or {}
+    section = (raw.get(name) if isinstance(raw, dict) else None) or {}
+    try:
+        return model.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, Path(path)).replace("\n  ", f"\n  {name}.")) from None

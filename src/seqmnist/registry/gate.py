@@ -10,10 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from seqmnist.config import GateParams
-from seqmnist.errors import ConfigError
+from seqmnist.config import GateParams, load_section
 from seqmnist.paths import EVAL_METRICS, PARAMS_FILE
 
 GATE_METRICS_FILE = EVAL_METRICS
@@ -35,12 +32,7 @@ class GateDecision:
 
 def load_gate_params(root: Path) -> GateParams:
     """Only the `gate` section of params.yaml: the gate must not depend on the stages' params."""
-    path = root / PARAMS_FILE
-    raw = yaml.safe_load(path.read_text()) or {}
-    try:
-        return GateParams.model_validate(raw.get("gate") or {})
-    except ValueError as exc:
-        raise ConfigError(f"{path}: invalid gate parameters: {exc}") from None
+    return load_section(root / PARAMS_FILE, "gate", GateParams)
 
 
 def gate_metric_key() -> str:

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from seqmnist.config import PublishParams
-from seqmnist.errors import ConfigError, PublishError
+from seqmnist.config import PublishParams, load_section
+from seqmnist.errors import PublishError
 from seqmnist.orchestration.dvc import stale_stages
 from seqmnist.paths import PARAMS_FILE
 from seqmnist.registry import git, tags
@@ -57,12 +57,7 @@ class Publication:
 
 def load_publish_params(root: Path) -> PublishParams:
     """Only params.yaml's `publish` section (defaults where it is absent)."""
-    path = root / PARAMS_FILE
-    raw = yaml.safe_load(path.read_text()) or {}
-    try:
-        return PublishParams.model_validate(raw.get("publish") or {})
-    except ValueError as exc:
-        raise ConfigError(f"{path}: invalid publish parameters: {exc}") from None
+    return load_section(root / PARAMS_FILE, "publish", PublishParams)
 
 
 def version_files(root: Path) -> list[str]:
