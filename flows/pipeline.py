@@ -18,7 +18,7 @@ from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from seqmnist import environment
-from seqmnist.orchestration import dvc, runner
+from seqmnist.orchestration import dvc, runner, sweep
 from seqmnist.orchestration.lock import workspace_lock
 from seqmnist.registry import history, publish, render, versions
 
@@ -110,14 +110,22 @@ def seqmnist_pipeline(
     stages: list[str] | None = None,
     set_params: list[str] | None = None,
     stage_timeout_s: float = STAGE_TIMEOUT_S,
+    experiment: str | None = None,
 ) -> State:
-    """Pull, run the stages in DVC's order, push the data, then commit, tag and gate the version."""
+    """Pull, run the stages in DVC's order, push the data, then commit, tag and gate the version.
+
+    `experiment`: a trial a sweep pushed (`dvc exp push`); it is applied first, so its stages
+    are up to date and it is published without training it again.
+    """
     logger = get_run_logger()
     root = dvc.find_project_root(project_dir)
     with workspace_lock(root):
         remote = dvc.default_remote(root)
         if remote:
             dvc_sync(str(root), "pull")
+        if experiment:
+            git_remote = publish.load_publish_params(root).git_remote
+            sweep.apply_experiment(root, git_remote, experiment)
         dvc.apply_param_overrides(root, set_params or [])
         order = dvc.stage_order(root, stages)
         stale = set(dvc.stale_stages(root))

@@ -10,6 +10,7 @@ onnxruntime) is installed, and a pipeline command there says which extra to inst
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 from seqmnist import __version__, environment, logs
 from seqmnist.constants import PREDICT_BATCH_SIZE
 from seqmnist.errors import MissingExtraError, SeqmnistError
-from seqmnist.paths import FLOW_ENTRYPOINT, ONNX_MODEL, PARAMS_FILE
+from seqmnist.paths import FLOW_ENTRYPOINT, ONNX_MODEL, PARAMS_FILE, SWEEP_ENTRYPOINT
 
 MIRROR_ENV = "SEQMNIST_MIRROR"
 PIPELINE_EXTRA = "pipeline"
@@ -94,14 +95,19 @@ def _versions(args: argparse.Namespace) -> None:
     render.main(args)
 
 
-def _flow(args: argparse.Namespace) -> int:
-    """Load the flow from the project's flows/pipeline.py, as a Prefect deployment would."""
+def _run_flow(root: Path, entrypoint: str, parameters: dict) -> int:
+    """Run a flow of the project's flows/ once, as a Prefect deployment would load it."""
     from prefect.flows import load_flow_from_entrypoint
 
+    state = load_flow_from_entrypoint(str(root / entrypoint))(**parameters, return_state=True)
+    print(f"{state.name}: {state.message}", file=sys.stderr if state.is_failed() else sys.stdout)
+    return 0 if state.is_completed() else 1
+
+
+def _flow(args: argparse.Namespace) -> int:
     from seqmnist.orchestration.dvc import find_project_root
 
     root = find_project_root(args.project)
-    flow = load_flow_from_entrypoint(str(root / FLOW_ENTRYPOINT))
     parameters = {
         "project_dir": str(root),
         "force": args.force,
@@ -111,11 +117,54 @@ def _flow(args: argparse.Namespace) -> int:
     if args.stage_timeout is not None:
         parameters["stage_timeout_s"] = args.stage_timeout
     if args.action == "serve":
+        from prefect.flows import load_flow_from_entrypoint
+
+        flow = load_flow_from_entrypoint(str(root / FLOW_ENTRYPOINT))
         flow.serve(name=args.name, cron=args.cron, parameters=parameters)
         return 0
-    state = flow(**parameters, return_state=True)
-    print(f"{state.name}: {state.message}", file=sys.stderr if state.is_failed() else sys.stdout)
-    return 0 if state.is_completed() else 1
+    return _run_flow(root, FLOW_ENTRYPOINT, parameters)
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from seqmnist.orchestration import fleet
+    from seqmnist.orchestration.dvc import find_project_root
+
+    return fleet.main(find_project_root(args.project), args.dir, args.workers)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from seqmnist.errors import OrchestrationError
+    from seqmnist.orchestration import sweep
+    from seqmnist.orchestration.dvc import find_project_root
+    from seqmnist.registry.publish import load_publish_params
+    from seqmnist.registry.render import render_table
+
+    root = find_project_root(args.project)
+    remote = load_publish_params(root).git_remote
+    if args.action == "run":
+        sweep_id = args.id or sweep.new_sweep_id()
+        trials = sweep.plan(sweep_id, args.grid or [], args.trial or [], args.set_params or [])
+        sweep.validate(root, trials)
+        parameters = {
+            "sweep_id": sweep_id,
+            "trials": trials,
+            "project_dir": str(root),
+            "max_parallel": args.max_parallel,
+            "promote_best": args.promote_best,
+        }
+        status = _run_flow(root, SWEEP_ENTRYPOINT, parameters)
+    else:
+        sweep_id, status = args.id, 0
+        if not sweep_id:
+            raise OrchestrationError("`seqmnist sweep show` needs --id SWEEP_ID")
+    rows = sweep.table(root, remote, sweep_id)
+    if not rows:
+        raise OrchestrationError(f"no experiments named {sweep_id}-* on git remote {remote!r}")
+    print(json.dumps(rows, indent=2) if args.json else render_table(rows))
+    chosen = sweep.best(rows)
+    if chosen and not args.json:
+        print(f"best by {sweep.SELECTION_COLUMN}: {chosen['trial']}")
+    return status
 
 
 # --------------------------------------------------------------------------- parser
@@ -315,6 +364,80 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
     flow.add_argument("--name", default=DEFAULT_DEPLOYMENT, help="serve: deployment name")
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    sweep = _command(
+        sub,
+        "sweep",
+        _sweep,
+        "Run many trainings at once on the Prefect work pool, as DVC experiments.",
+        "`sweep run` submits one run of the `trial` deployment (prefect.yaml) per trial; each\n"
+        "worker clones the repository, runs `dvc exp run -n <trial> -S ...` and pushes the\n"
+        "experiment (`dvc exp push`: the ref to the git origin, the data to the DVC remote).\n"
+        "A trial whose worker dies is submitted again. The table (also a Prefect artifact)\n"
+        "lists trials x params x metrics; the best is chosen by validation loss, never by test\n"
+        "accuracy, and `--promote-best` publishes it through the quality gate. Needs\n"
+        "PREFECT_API_URL (e.g. from `seqmnist fleet up`) and this commit pushed to the origin.\n\n"
+        "  seqmnist sweep run --set train.epochs=5 --grid train.model.units=64,128\n"
+        "  seqmnist sweep show --id sweep-20261130-230000",
+    )
+    sweep.add_argument("action", choices=["run", "show"], help="run a sweep, or show one")
+    sweep.add_argument("--id", default=None, help="the sweep's id (run: default from the time)")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="a param and its values; the trials are every combination; repeatable",
+    )
+    sweep.add_argument(
+        "--trial",
+        action="append",
+        metavar='"KEY=V KEY=V"',
+        help="one trial's overrides, space-separated; repeatable",
+    )
+    sweep.add_argument(
+        "--set",
+        dest="set_params",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an override every trial gets, e.g. train.epochs=5; repeatable",
+    )
+    sweep.add_argument(
+        "--max-parallel", type=int, default=2, help="trials running at once (default 2)"
+    )
+    sweep.add_argument(
+        "--promote-best",
+        action="store_true",
+        help="publish the best trial through the pipeline deployment and its quality gate",
+    )
+    sweep.add_argument(
+        "--project", default=None, help="DVC project folder (default: the one holding the cwd)"
+    )
+    sweep.add_argument("--json", action="store_true", help="print the table as JSON")
+
+
+def _add_fleet(sub: argparse._SubParsersAction) -> None:
+    fleet = _command(
+        sub,
+        "fleet",
+        _fleet,
+        "Start a local fleet to try sweeps: Prefect server, S3 store and N workers.",
+        "Everything on 127.0.0.1, in one folder: a PostgreSQL cluster, `prefect server start`\n"
+        "on it, a loopback S3 server as the DVC remote (machine-level DVC config), a bare git\n"
+        "origin (unless the project has one), the work pool and its queues, the deployments of\n"
+        "prefect.yaml, and N process workers, each in a folder of its own. It prints how to\n"
+        "submit a sweep, and stops everything on Ctrl-C. README: Scaling out maps each piece\n"
+        "to its production form.",
+    )
+    fleet.add_argument("action", choices=["up"], help="start the fleet (Ctrl-C stops it)")
+    fleet.add_argument("--workers", type=int, default=2, help="process workers (default 2)")
+    fleet.add_argument(
+        "--dir", type=Path, default=Path(".fleet"), help="the fleet's folder (default .fleet)"
+    )
+    fleet.add_argument(
+        "--project", default=None, help="DVC project folder (default: the one holding the cwd)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seqmnist",
@@ -335,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_versions(sub)
     _add_flow(sub)
+    _add_sweep(sub)
+    _add_fleet(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 PARAMS_FILE = Path("params.yaml")
 # The Prefect flow, as prefect.yaml names it and `seqmnist flow` loads it.
 FLOW_ENTRYPOINT = "flows/pipeline.py:seqmnist_pipeline"
+SWEEP_ENTRYPOINT = "flows/sweep.py:seqmnist_sweep"
 
 RAW_DIR = Path("data/raw")
 TRAIN_IMAGES = "train-images-idx3-ubyte"

@@ -22,12 +22,13 @@ import yaml
 from support.project import PROJECT_ROOT, init_repo
 
 PIPELINE_FILE = PROJECT_ROOT / "flows" / "pipeline.py"
+FLOW_FILES = (PIPELINE_FILE, PROJECT_ROOT / "flows" / "sweep.py")
 HARNESS_TIMEOUT_S = 60
 _harness: ExitStack | None = None
 
 TOY_STAGES = textwrap.dedent(
     """
-    import json, os, pathlib, sys
+    import json, os, pathlib, sys, time
 
     import yaml
 
@@ -49,13 +50,15 @@ TOY_STAGES = textwrap.dedent(
 
 
     quality = params["train"]["quality"]
+    time.sleep(params["train"].get("sleep_s", 0))  # a slow trial, for the worker-killed test
     if stage == "download":
         write("data/raw/raw.txt", "raw digits")
     elif stage == "preprocess":
         write("data/processed/seq.txt", pathlib.Path("data/raw/raw.txt").read_text().upper())
     elif stage == "train":
         write("models/keras/model.txt", f"model quality={quality}")
-        write("dvclive/train/metrics.json", json.dumps({"accuracy": quality}))
+        write("dvclive/train/metrics.json", json.dumps(
+            {"val": {"accuracy": quality}, "best_val_loss": round(1 - quality, 6)}))
     elif stage == "evaluate":
         write("metrics/evaluate.json", json.dumps({"accuracy": quality, "loss": 1 - quality}))
     elif stage == "export":
@@ -85,7 +88,7 @@ TOY_DVC_YAML = {
 }  # fmt: skip
 
 TOY_PARAMS = {
-    "train": {"quality": 0.95, "epochs": 1},
+    "train": {"quality": 0.95, "epochs": 1, "sleep_s": 0},
     "gate": {"min_test_accuracy": 0.9, "max_regression": 0.01},
 }
 
@@ -97,7 +100,9 @@ def make_toy_project(dest: Path, params: dict | None = None) -> Path:
     (dest / "dvc.yaml").write_text(yaml.safe_dump(TOY_DVC_YAML, sort_keys=False))
     (dest / "params.yaml").write_text(yaml.safe_dump(params or TOY_PARAMS, sort_keys=False))
     (dest / "flows").mkdir()
-    shutil.copy2(PIPELINE_FILE, dest / "flows" / PIPELINE_FILE.name)  # what `seqmnist flow` runs
+    for file in FLOW_FILES:  # what `seqmnist flow` and `seqmnist sweep` run
+        shutil.copy2(file, dest / "flows" / file.name)
+    shutil.copy2(PROJECT_ROOT / "prefect.yaml", dest / "prefect.yaml")  # what workers deploy
     return init_repo(dest, "toy pipeline")
 
 
