@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # A subset run in about a minute: for trying things and for CI.
 QUICK_SET := -S train.max_train_samples=5000 -S train.epochs=3 -S train.batch_size=64
 
-.PHONY: env repro test quick lint bench bench-quick demo clean-env
+.PHONY: env repro test quick lint bench bench-quick demo fleet clean-env
 
 env: $(STAMP)
 
@@ -44,6 +44,12 @@ quick: $(STAMP)
 # The web demo (web/, built with npm when needed) with models/onnx/model.onnx, on 127.0.0.1.
 demo: $(STAMP)
 	$(BIN)/seqmnist demo
+
+# A local fleet for sweeps (PostgreSQL + Prefect server, loopback S3, N workers) in .fleet/;
+# needs Debian's postgresql package. Ctrl-C stops it. `make fleet WORKERS=4` for more workers.
+WORKERS ?= 2
+fleet: $(STAMP)
+	$(BIN)/seqmnist fleet up --workers $(WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src flows tests bench

@@ -137,3 +137,46 @@ def test_a_killed_worker_crashes_its_trial_and_the_sweep_resubmits_it(fleet):
         if r["name"].startswith("sw2-")
     ]
     assert states.count("CRASHED") == 1 and states.count("COMPLETED") == 2
+
+
+def test_fleet_up_starts_everything_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    """`seqmnist fleet up` (what `make fleet` runs) from a project without a git origin."""
+    project = make_toy_project(tmp_path / "toy")
+    folder = tmp_path / "fleet"
+    command = [SEQMNIST, "fleet", "up", "--workers", "1", "--dir", str(folder)]
+    with subprocess.Popen(
+        command, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as fleet_up:
+        assert fleet_up.stdout is not None
+        lines = []
+        for line in fleet_up.stdout:
+            lines.append(line)
+            if "Ctrl-C stops the fleet" in line:
+                break
+        printed = "".join(lines)
+        assert "export PREFECT_API_URL=http://127.0.0.1:" in printed, printed
+        api_url = printed.split("export PREFECT_API_URL=")[1].split()[0]
+        assert httpx.get(f"{api_url}/health").status_code == 200
+        pool = httpx.get(f"{api_url}/work_pools/seqmnist-process/queues/publish").json()
+        assert pool["concurrency_limit"] == 1  # runs that publish never race
+        data_dirs = {folder.resolve(), (folder / "postgres").resolve()}
+        started = [p for p in psutil.process_iter() if _runs_in(p, data_dirs)]
+        assert len(started) >= 4  # postgres, S3, the Prefect server, a worker
+
+        fleet_up.send_signal(signal.SIGINT)
+        assert fleet_up.wait(timeout=120) == 0
+    assert git_remote_url(project) == str(folder.resolve() / "origin.git")
+    left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [p.cmdline() for p in left]
+
+
+def _runs_in(process: psutil.Process, folders: set[Path]) -> bool:
+    try:
+        cwd = Path(process.cwd())
+    except (psutil.Error, OSError):
+        return False
+    return any(cwd == folder or folder in cwd.parents for folder in folders)
+
+
+def git_remote_url(project: Path) -> str:
+    return run(["git", "remote", "get-url", "origin"], project).stdout.strip()
