@@ -19,6 +19,9 @@ from seqmnist.paths import PARAMS_FILE
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+# What trains the LSTM layers (modeling.training.resolve_backend): our C++ kernel, Keras's own
+# layers, or whichever suits the machine.
+LstmBackend = Literal["auto", "kernel", "keras"]
 
 
 class _Frozen(BaseModel):
@@ -59,7 +62,7 @@ class TrainParams(_Frozen):
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     early_stopping_patience: PositiveInt = 6
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
-    fused_lstm: bool = True
+    lstm_backend: LstmBackend = "auto"
 
 
 class EvaluateParams(_Frozen):

@@ -35,6 +35,35 @@ def write_processed(folder: Path, sizes: dict[str, int] | None = None) -> Path:
     return folder
 
 
+# train params that learn the tiny task (make_split) in a few epochs of about a second each
+TINY_TRAIN = {
+    "epochs": 3,
+    "batch_size": 32,
+    "augment_max_shift": 0,  # the tiny task encodes the label in a row's position
+    "warmup_epochs": 1,
+    "early_stopping_patience": 5,
+    "model": {"units": 12, "input_projection": 8},
+}
+
+
+def train_on_tiny_data(folder: Path, processed: Path, **overrides) -> dict:
+    """train.run with TINY_TRAIN (top-level keys replaced by `overrides`), writing into `folder`;
+    returns model_info."""
+    from seqmnist.config import TrainParams
+    from seqmnist.stages import train
+
+    return train.run(
+        TrainParams.model_validate({**TINY_TRAIN, **overrides}),
+        processed_dir=processed,
+        model_path=folder / "model.keras",
+        info_path=folder / "model_info.json",
+        live_dir=folder / "live",
+        checkpoint_dir=folder / "checkpoints",
+        stats_path=folder / "missing-stats.json",
+        progress=False,
+    )
+
+
 BAR_SIZE = 28  # bar images are MNIST-sized: TIME_STEPS = FEATURES = 28
 BAR_WIDTH = 2
 BAR_OFFSET = 4

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -68,6 +70,25 @@ def save_checkpoint(model, state: TrainingState, checkpoint_dir: Path, improved:
         model.save(staging / CHECKPOINT_MODEL)
         state.rng_states = rng_states(model)
         write_json(staging / CHECKPOINT_STATE, asdict(state))
+
+
+def discard_checkpoint(checkpoint_dir: Path) -> None:
+    """Remove the checkpoint at once, with what killed runs left beside it.
+
+    Renamed aside before it is deleted: a kill in the middle of deleting it in place could leave
+    state.json and last.keras without best.weights.h5, which a rerun would resume from and then
+    fail to load. Staging folders of runs killed while checkpointing (`.train.*`) go too; only
+    one run trains in a project at a time.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if checkpoint_dir.exists():
+        holder = Path(
+            tempfile.mkdtemp(prefix=f".{checkpoint_dir.name}.", dir=checkpoint_dir.parent)
+        )
+        os.replace(checkpoint_dir, holder / checkpoint_dir.name)
+    if checkpoint_dir.parent.is_dir():
+        for leftover in checkpoint_dir.parent.glob(f".{checkpoint_dir.name}.*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _renumber_shared_objects(node, numbers: dict[int, int]):

@@ -98,7 +98,7 @@ def _compile(compiler: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     command = _build_command(compiler, partial)
-    hint = "(or set train.fused_lstm: false in params.yaml to train with Keras's own LSTM)"
+    hint = "(or set train.lstm_backend: keras in params.yaml to train with Keras's own LSTM)"
     try:
         result = subprocess.run(
             command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False

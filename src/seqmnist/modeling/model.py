@@ -25,13 +25,13 @@ def build_model(
     features: int,
     num_classes: int = 10,
     unroll: bool = False,
-    fused_lstm: bool = False,
+    kernel: bool = False,
 ) -> keras.Model:
     """Build the classifier; it outputs logits, softmax is applied by the loss and at export.
 
     Two training forms, same weights and function (bench/README.md says what each buys on CPU):
-    `fused_lstm=True` runs unidirectional LSTM layers in our whole-sequence C++ kernel
-    (modeling.fused_lstm), the input projection folded into the first one; `unroll=True` writes
+    `kernel=True` runs the LSTM layers in our whole-sequence C++ kernel (FusedLSTM, for models
+    `fusable` accepts), the input projection folded into the first one; `unroll=True` writes
     Keras's time loop out step by step. tf2onnx turns only Keras's rolled LSTM into one ONNX
     LSTM op, so saved and exported models are always built with neither.
 
@@ -40,16 +40,20 @@ def build_model(
       -> recurrent layers     [batch, time_steps, units] ... last layer [batch, units (x2 if bi)]
       -> Dense                [batch, num_classes] logits
     """
+    if kernel and not fusable(params):
+        raise ValueError(
+            f"our LSTM kernel trains unidirectional LSTM layers only, not {params.cell} "
+            f"(bidirectional: {params.bidirectional})"
+        )
     rows = keras.Input(shape=(time_steps, features), name="rows")
     hidden = rows
-    fuse = fused_lstm and fusable(params)
-    if params.input_projection and not fuse:
+    if params.input_projection and not kernel:
         hidden = layers.Dense(params.input_projection, name="row_projection")(hidden)
     cell = RECURRENT_CELLS[params.cell]
     for index in range(params.layers):
         is_last = index == params.layers - 1
         name = f"{params.cell}_{index}"
-        if fuse:
+        if kernel:
             from seqmnist.modeling.fused_lstm import FusedLSTM
 
             recurrent = FusedLSTM(

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from seqmnist.config import TrainParams
+from seqmnist.config import LstmBackend, ModelParams, TrainParams
 from seqmnist.constants import NUM_CLASSES
 from seqmnist.errors import ConfigError, DataError
 from seqmnist.paths import PROCESSED_DIR
@@ -110,10 +112,68 @@ def shift_images(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
     return shifted
 
 
-def fingerprint(params: TrainParams, data_sha: dict[str, str], train_shape: tuple) -> str:
-    """Identifies what a checkpoint was trained on; a mismatch means start over."""
+@dataclass(frozen=True)
+class Backend:
+    """What trains the recurrent layers. The saved and exported model is Keras's rolled form
+    whatever this says: only the speed and the float rounding of training differ."""
+
+    name: Literal["kernel", "keras"]  # our C++ kernel (FusedLSTM) or Keras's own layers
+    unroll: bool  # Keras's time loop written out step by step (CPU); rolled lets TF use cuDNN
+    reason: str  # why this one, for the log
+
+    def __str__(self) -> str:
+        form = "" if self.name == "kernel" else ", unrolled" if self.unroll else ", rolled"
+        return f"{self.name}{form} ({self.reason})"
+
+
+def resolve_backend(requested: LstmBackend, model: ModelParams, gpus: Sequence[object]) -> Backend:
+    """`train.lstm_backend` for this model on this machine (`gpus`: TensorFlow's GPU devices).
+
+    On CPU our kernel trains LSTM layers fastest, and Keras's unrolled loop the other cells
+    (bench/README.md). Our kernel has no GPU code; on a GPU Keras's rolled layers let
+    TensorFlow run cuDNN's fused kernels, so `auto` takes those when TensorFlow sees a GPU.
+    """
+    from seqmnist.modeling.model import fusable
+
+    visible = f"{len(gpus)} GPU visible" if gpus else "no GPU visible"
+    if requested == "auto":
+        choice, reason = ("keras" if gpus else "kernel"), visible
+    else:
+        choice, reason = requested, f"train.lstm_backend: {requested}, {visible}"
+    if choice == "keras":
+        return Backend("keras", unroll=not gpus, reason=reason)
+    if fusable(model):
+        return Backend("kernel", unroll=False, reason=reason)
+    only_lstm = "our kernel trains unidirectional LSTM layers only"
+    return Backend("keras", unroll=True, reason=f"{reason}; {only_lstm}")
+
+
+def backend_for(params: TrainParams) -> Backend:
+    """The backend `train.lstm_backend` resolves to on this machine."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return resolve_backend(params.lstm_backend, params.model, gpus)
+
+
+def fingerprint(params: TrainParams, backend: Backend, arrays: Sequence[np.ndarray]) -> str:
+    """Identifies what a checkpoint was trained on, and how; a mismatch means start over.
+
+    `arrays` are the training and validation arrays themselves, so whatever changes them starts
+    over: other raw data, other `preprocess` params (validation size, split seed), other
+    preprocessing code. The raw files' checksums alone missed all but the first. Hashing the
+    55,000 training images takes about 0.1 s.
+    """
+    data = hashlib.sha256()
+    for array in arrays:
+        data.update(f"{array.dtype.str}{array.shape}".encode())
+        data.update(np.ascontiguousarray(array).data)
     payload = json.dumps(
-        {"params": params.model_dump(), "data": data_sha, "shape": list(train_shape)},
+        {
+            "params": params.model_dump(),
+            "backend": [backend.name, backend.unroll],
+            "data": data.hexdigest(),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -151,21 +211,23 @@ def compile_model(model, params: TrainParams, steps_per_epoch: int) -> None:
     )
 
 
-def new_training_model(params: TrainParams, time_steps: int, features: int):
-    """The model `fit` trains: LSTM layers in our C++ kernel (`train.fused_lstm`), other cells
-    unrolled over the time steps; both are faster on CPU (bench/README.md).
+def new_training_model(
+    params: TrainParams, time_steps: int, features: int, backend: Backend | None = None
+):
+    """The model `fit` trains, in the form `backend` names (default: `backend_for(params)`).
 
     The kernel's model starts from the weights and dropout streams Keras's own layers draw from
-    the seed, so `train.fused_lstm` changes the speed and the rounding, not the experiment.
+    the seed, so the backend changes the speed and the rounding, not the experiment.
     """
     import keras
 
-    from seqmnist.modeling.model import build_model, fusable
+    from seqmnist.modeling.model import build_model
 
-    keras_form = build_model(params.model, time_steps, features, NUM_CLASSES, unroll=True)
-    if not (params.fused_lstm and fusable(params.model)):
+    backend = backend or backend_for(params)
+    keras_form = build_model(params.model, time_steps, features, NUM_CLASSES, unroll=backend.unroll)
+    if backend.name == "keras":
         return keras_form
-    fused = build_model(params.model, time_steps, features, NUM_CLASSES, fused_lstm=True)
+    fused = build_model(params.model, time_steps, features, NUM_CLASSES, kernel=True)
     fused.set_weights(keras_form.get_weights())
     for layer in fused.layers:
         if isinstance(layer, keras.layers.Dropout):

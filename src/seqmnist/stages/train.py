@@ -10,7 +10,6 @@ next epoch and ends with the same model as an uninterrupted run.
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from seqmnist.io import atomic_path, write_json
 from seqmnist.modeling.checkpoints import (
     CHECKPOINT_BEST,
     CHECKPOINT_MODEL,
+    discard_checkpoint,
     load_state,
     pin_archive,
     restore_rng_states,
@@ -32,7 +32,9 @@ from seqmnist.modeling.checkpoints import (
 )
 from seqmnist.modeling.training import (
     AUGMENT_STREAM,
+    Backend,
     TrainingState,
+    backend_for,
     batches,
     compile_model,
     epoch_order,
@@ -81,7 +83,9 @@ def _load(params: TrainParams, processed_dir: Path) -> Splits:
     return Splits(x_train[keep], y_train[keep], x_val, y_val)
 
 
-def _start_or_resume(params: TrainParams, splits: Splits, expected: str, checkpoint_dir: Path):
+def _start_or_resume(
+    params: TrainParams, backend: Backend, splits: Splits, expected: str, checkpoint_dir: Path
+):
     """A fresh compiled model, or the checkpointed one when its fingerprint matches."""
     import keras
 
@@ -105,8 +109,8 @@ def _start_or_resume(params: TrainParams, splits: Splits, expected: str, checkpo
                 checkpoint_dir / CHECKPOINT_MODEL,
                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             )
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    model = new_training_model(params, *splits.input_shape)
+    discard_checkpoint(checkpoint_dir)
+    model = new_training_model(params, *splits.input_shape, backend)
     compile_model(model, params, steps_per_epoch)
     return model, TrainingState(fingerprint=expected)
 
@@ -199,11 +203,13 @@ def run(
     from dvclive import Live
 
     splits = _load(params, processed_dir)
+    backend = backend_for(params)
+    log.info("LSTM backend %s", backend)
     seed_everything(params.seed)
-    data_sha = data_checksums(stats_path)
     checkpoint_dir = Path(checkpoint_dir)
-    expected = fingerprint(params, data_sha, splits.x_train.shape)
-    model, state = _start_or_resume(params, splits, expected, checkpoint_dir)
+    arrays = (splits.x_train, splits.y_train, splits.x_val, splits.y_val)
+    expected = fingerprint(params, backend, arrays)
+    model, state = _start_or_resume(params, backend, splits, expected, checkpoint_dir)
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False) as live:
         for metrics in state.history:  # DVC cleared dvclive/ before a resumed run: replay it
             _log_epoch(live, metrics)
@@ -214,7 +220,8 @@ def run(
     info = {
         **git_version(),
         "params": params.model_dump(),
-        "data_sha256": data_sha,
+        "lstm_backend": {"name": backend.name, "unroll": backend.unroll},
+        "data_sha256": data_checksums(stats_path),
         "input_shape": list(splits.input_shape),
         "num_classes": NUM_CLASSES,
         "train_samples": len(splits.x_train),
@@ -226,7 +233,7 @@ def run(
     }
     _save_model(model, params, splits, Path(model_path))
     write_json(Path(info_path), info)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    discard_checkpoint(checkpoint_dir)
     log.info(
         "best epoch %d/%d, val loss %.4f -> %s",
         state.best_epoch + 1,

@@ -73,5 +73,5 @@ def test_train_without_a_compiler_says_how_to_go_on(tmp_path, monkeypatch):
     done = seqmnist("train", "--no-progress", cwd=tmp_path)
     assert done.returncode == 2
     assert "seqmnist train: error: cannot compile" in done.stderr
-    assert "lstm_sequence.cc" in done.stderr and "train.fused_lstm: false" in done.stderr
+    assert "lstm_sequence.cc" in done.stderr and "train.lstm_backend: keras" in done.stderr
     assert "Traceback" not in done.stderr

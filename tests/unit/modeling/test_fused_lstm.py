@@ -93,7 +93,7 @@ def test_fresh_layer_initialises_like_keras():
 def test_training_model_and_saved_model_compute_the_same_function(layers):
     params = ModelParams(units=8, layers=layers, input_projection=6, dropout=0.2)
     rolled = build_model(params, time_steps=5, features=7)
-    fused = build_model(params, time_steps=5, features=7, fused_lstm=True)
+    fused = build_model(params, time_steps=5, features=7, kernel=True)
     assert any(isinstance(layer, FusedLSTM) for layer in fused.layers)
     assert "row_projection" not in [layer.name for layer in fused.layers]
     rolled.set_weights([w * 3 for w in fused.get_weights()])  # not the initial weights
@@ -128,7 +128,7 @@ def test_build_failure_names_the_source_and_the_way_out(tmp_path, monkeypatch, c
     monkeypatch.setenv("SEQMNIST_KERNEL_DIR", str(tmp_path))
     with pytest.raises(KernelBuildError, match=r"lstm_sequence\.cc") as failure:
         kernel_path(compiler)
-    assert "train.fused_lstm: false" in str(failure.value)
+    assert "train.lstm_backend: keras" in str(failure.value)
     assert not [path for path in tmp_path.rglob("*") if path.is_file()], "nothing half-written"
 
 
@@ -166,13 +166,13 @@ def test_training_model_starts_where_keras_would():
     import keras
 
     from seqmnist.config import TrainParams
-    from seqmnist.stages.train import new_training_model, seed_everything
+    from seqmnist.modeling.training import new_training_model, resolve_backend, seed_everything
 
     params = TrainParams(model=ModelParams(units=8, input_projection=6, dropout=0.3))
     seed_everything(params.seed)
-    fused = new_training_model(params, 5, 7)
+    fused = new_training_model(params, 5, 7, resolve_backend("kernel", params.model, []))
     seed_everything(params.seed)
-    plain = new_training_model(params.model_copy(update={"fused_lstm": False}), 5, 7)
+    plain = new_training_model(params, 5, 7, resolve_backend("keras", params.model, []))
     assert any(isinstance(layer, FusedLSTM) for layer in fused.layers)
     assert not any(isinstance(layer, FusedLSTM) for layer in plain.layers)
     for got, want in zip(fused.get_weights(), plain.get_weights(), strict=True):

@@ -1,5 +1,6 @@
 import itertools
 
+import keras
 import numpy as np
 import pytest
 
@@ -32,10 +33,26 @@ def test_projection_and_dropout_are_optional_layers():
     assert names.count("dropout_0") == 1 and "dropout_1" in names
 
 
-def test_lstm_defaults_avoid_recurrent_dropout():
-    model = build_model(ModelParams(), 28, 28)
-    lstm = model.get_layer("lstm_0")
-    assert lstm.recurrent_dropout == 0
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_dropout_follows_each_recurrent_layer_and_acts_in_training_only(bidirectional):
+    """Dropout between the recurrent layers and before the classifier, at `dropout`'s rate."""
+    params = ModelParams(
+        units=6, layers=2, dropout=0.4, input_projection=None, bidirectional=bidirectional
+    )
+    model = build_model(params, time_steps=4, features=3)
+    recurrent = "Bidirectional" if bidirectional else "LSTM"
+    kinds = [type(layer).__name__ for layer in model.layers[1:]]
+    assert kinds == [recurrent, "Dropout", recurrent, "Dropout", "Dense"]
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [
+        0.4,
+        0.4,
+    ]
+    rows = np.random.default_rng(0).uniform(0, 1, (64, 4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(model(rows, training=False), model(rows, training=False))
+    assert not np.allclose(model(rows, training=True), model(rows, training=False))
+
+    without = build_model(params.model_copy(update={"dropout": 0.0}), 4, 3)
+    assert not any(isinstance(layer, keras.layers.Dropout) for layer in without.layers)
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,4 @@
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -14,34 +9,14 @@ from seqmnist.config import ConfigError, TrainParams, parse_params
 from seqmnist.data.dataset import load_split
 from seqmnist.errors import DataError
 from seqmnist.modeling import checkpoints, training
-from seqmnist.modeling.checkpoints import CHECKPOINT_STATE
 from seqmnist.modeling.training import epoch_order, shift_images, subset_indices
-from seqmnist.stages import train
-from seqmnist.stages.train import run
-from support.tiny_data import FEATURES, TIME_STEPS, write_processed
-
-TINY = {
-    "epochs": 3,
-    "batch_size": 32,
-    "augment_max_shift": 0,  # the tiny task encodes the label in a row's position
-    "warmup_epochs": 1,
-    "early_stopping_patience": 5,
-    "model": {"units": 12, "input_projection": 8},
-}
-
-
-def train_into(folder: Path, processed: Path, **overrides) -> dict:
-    params = TrainParams.model_validate({**TINY, **overrides})
-    return run(
-        params,
-        processed_dir=processed,
-        model_path=folder / "model.keras",
-        info_path=folder / "model_info.json",
-        live_dir=folder / "live",
-        checkpoint_dir=folder / "checkpoints",
-        stats_path=folder / "missing-stats.json",
-        progress=False,
-    )
+from support.tiny_data import (
+    FEATURES,
+    TIME_STEPS,
+    TINY_TRAIN,
+    train_on_tiny_data,
+    write_processed,
+)
 
 
 def weights_of(path: Path) -> list[np.ndarray]:
@@ -69,14 +44,30 @@ def compiled_tiny_model(params: TrainParams, train_size: int):
     return model
 
 
+def curve(live_dir: Path, split: str, metric: str) -> list[float]:
+    """One DVCLive curve, a value per epoch."""
+    rows = (live_dir / "plots/metrics" / split / f"{metric}.tsv").read_text().splitlines()[1:]
+    return [float(row.split("\t")[1]) for row in rows]
+
+
+def scores_of_saved_model(model_path: Path, processed: Path) -> tuple[float, float]:
+    """Validation loss and accuracy of the saved model, computed here from its logits."""
+    import keras
+
+    x_val, y_val = load_split("val", processed)
+    logits = keras.models.load_model(model_path).predict(x_val, verbose=0)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y_val, logits)
+    return float(loss), float(np.mean(logits.argmax(axis=1) == y_val))
+
+
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory) -> Path:
     return write_processed(tmp_path_factory.mktemp("processed"))
 
 
 def test_two_runs_give_identical_weights_and_metrics(tmp_path, processed):
-    first = train_into(tmp_path / "a", processed)
-    second = train_into(tmp_path / "b", processed)
+    first = train_on_tiny_data(tmp_path / "a", processed)
+    second = train_on_tiny_data(tmp_path / "b", processed)
     assert_same_weights(tmp_path / "a/model.keras", tmp_path / "b/model.keras")
     assert first["best_val_loss"] == second["best_val_loss"]
     assert (tmp_path / "a/model.keras").read_bytes() == (tmp_path / "b/model.keras").read_bytes()
@@ -95,81 +86,72 @@ def test_two_runs_give_identical_weights_and_metrics(tmp_path, processed):
 def test_saved_model_is_rolled_for_export(tmp_path, processed):
     import keras
 
-    train_into(tmp_path, processed, epochs=2)
+    train_on_tiny_data(tmp_path, processed, epochs=2)
     model = keras.models.load_model(tmp_path / "model.keras")
     recurrent = [layer for layer in model.layers if hasattr(layer, "unroll")]
     assert recurrent and not any(layer.unroll for layer in recurrent)
 
 
 def test_training_learns_the_tiny_task(tmp_path, processed):
-    info = train_into(tmp_path, processed, epochs=6, learning_rate=0.01)
+    info = train_on_tiny_data(tmp_path, processed, epochs=6, learning_rate=0.01)
     history = json.loads((tmp_path / "live/metrics.json").read_text())
     assert history["val"]["accuracy"] > 0.5
-    assert info["best_epoch"] >= 1
+    val_loss = curve(tmp_path / "live", "val", "loss")
+    assert info["best_epoch"] == int(np.argmin(val_loss)) + 1
+    assert info["best_val_loss"] == pytest.approx(min(val_loss), rel=1e-6)
 
 
-RESUMABLE_SCRIPT = """
-import sys, time
-from pathlib import Path
-from seqmnist import logs
-from seqmnist.stages import train
-from seqmnist.config import TrainParams
-
-logs.setup()
-folder, processed, pause = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
-save_checkpoint = train.save_checkpoint
-
-def save_then_pause(*args, **kwargs):  # a slow disk: gives the test time to kill mid-training
-    save_checkpoint(*args, **kwargs)
-    time.sleep(pause)
-
-train.save_checkpoint = save_then_pause
-params = TrainParams.model_validate({**%(tiny)r, "epochs": 6})
-train.run(params, processed_dir=processed, model_path=folder / "model.keras",
-          info_path=folder / "info.json", live_dir=folder / "live",
-          checkpoint_dir=folder / "checkpoints", stats_path=folder / "none.json",
-          progress=False)
-"""
-
-
-def _train_in_subprocess(folder: Path, processed: Path, slow: bool) -> subprocess.Popen:
-    script = RESUMABLE_SCRIPT % {"tiny": TINY}
-    return subprocess.Popen(
-        [sys.executable, "-c", script, str(folder), str(processed), "2.0" if slow else "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+def test_early_stopping_saves_the_best_epochs_averaged_weights(tmp_path, processed):
+    """A learning rate too high for long: validation loss rises after some epoch, training stops
+    `patience` epochs later, and the saved model is the weight average validated at the best
+    epoch (not the last weights, nor the training weights)."""
+    info = train_on_tiny_data(
+        tmp_path,
+        processed,
+        epochs=12,
+        lr_schedule="constant",
+        learning_rate=0.05,
+        ema_decay=0.9,
+        early_stopping_patience=2,
     )
+    val_loss = curve(tmp_path / "live", "val", "loss")
+    val_accuracy = curve(tmp_path / "live", "val", "accuracy")
+    best = info["best_epoch"]
+    assert info["stopped_early"] and info["epochs_run"] == best + 2 < 12, (
+        f"precondition: this recipe stops early on this CPU (val loss {val_loss})"
+    )
+    assert best == int(np.argmin(val_loss)) + 1
+    assert abs(val_loss[-1] - val_loss[best - 1]) > 0.05, "the last epoch scores differently"
+
+    loss, accuracy = scores_of_saved_model(tmp_path / "model.keras", processed)
+    assert loss == pytest.approx(info["best_val_loss"], rel=1e-4)
+    assert loss == pytest.approx(val_loss[best - 1], rel=1e-4)
+    assert accuracy == val_accuracy[best - 1]
 
 
-def test_killed_training_resumes_and_matches_uninterrupted_run(tmp_path, processed):
-    """kill -9 in the middle of training; the rerun resumes and ends with the same model."""
-    reference = _train_in_subprocess(tmp_path / "reference", processed, slow=False)
-    assert reference.wait(timeout=300) == 0, reference.stdout.read()
+@pytest.mark.parametrize(
+    ("cell", "lstm_backend", "layer_class"),
+    [("lstm", "keras", "LSTM"), ("gru", "auto", "GRU"), ("simple_rnn", "auto", "SimpleRNN")],
+)
+def test_keras_backend_and_other_cells_train_into_a_loadable_rolled_model(
+    tmp_path, processed, cell, lstm_backend, layer_class
+):
+    """Keras's unrolled layers train (no GPU here); the saved model is Keras's rolled layer."""
+    import keras
 
-    victim_dir = tmp_path / "victim"
-    victim = _train_in_subprocess(victim_dir, processed, slow=True)
-    state_file = victim_dir / "checkpoints" / CHECKPOINT_STATE
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if state_file.is_file() and json.loads(state_file.read_text())["next_epoch"] >= 2:
-            break
-        assert victim.poll() is None, "training finished before it could be interrupted"
-        time.sleep(0.2)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait(timeout=30)
-    interrupted_at = json.loads(state_file.read_text())["next_epoch"]
-    assert 2 <= interrupted_at < 6
-    assert not (victim_dir / "model.keras").exists()
-
-    resumed = _train_in_subprocess(victim_dir, processed, slow=False)
-    output = resumed.communicate(timeout=300)[0]
-    assert resumed.returncode == 0, output
-    assert f"resuming from {victim_dir / 'checkpoints'} at epoch {interrupted_at + 1}" in output
-    assert "epoch 1/6" not in output
-    assert_same_weights(tmp_path / "reference/model.keras", victim_dir / "model.keras")
-    curves = (victim_dir / "live/plots/metrics/val/loss.tsv").read_text().splitlines()
-    assert len(curves) == 1 + 6, "the resumed run's curves cover every epoch"
+    info = train_on_tiny_data(
+        tmp_path,
+        processed,
+        epochs=2,
+        lstm_backend=lstm_backend,
+        model={**TINY_TRAIN["model"], "cell": cell},
+    )
+    assert info["lstm_backend"] == {"name": "keras", "unroll": True}
+    model = keras.models.load_model(tmp_path / "model.keras")
+    recurrent = model.get_layer(f"{cell}_0")
+    assert type(recurrent).__name__ == layer_class and recurrent.unroll is False
+    loss, _ = scores_of_saved_model(tmp_path / "model.keras", processed)
+    assert loss == pytest.approx(info["best_val_loss"], rel=1e-4)
 
 
 def test_validation_scores_the_weight_average_and_training_weights_survive(processed):
@@ -177,7 +159,7 @@ def test_validation_scores_the_weight_average_and_training_weights_survive(proce
     from seqmnist.modeling.averaging import ValidateAveraged, averaged_weights
 
     params = TrainParams.model_validate(
-        {**TINY, "ema_decay": 0.9, "lr_schedule": "constant", "learning_rate": 0.01}
+        {**TINY_TRAIN, "ema_decay": 0.9, "lr_schedule": "constant", "learning_rate": 0.01}
     )
     x, y = load_split("train", processed)
     x_val, y_val = load_split("val", processed)
@@ -214,7 +196,9 @@ def test_weight_average_warms_up_its_decay(processed):
     d_0 = 0: after a short run the average follows the training weights, not the random init."""
     import keras
 
-    params = TrainParams.model_validate({**TINY, "ema_decay": 0.999, "lr_schedule": "constant"})
+    params = TrainParams.model_validate(
+        {**TINY_TRAIN, "ema_decay": 0.999, "lr_schedule": "constant"}
+    )
     x, y = load_split("train", processed)
     model = compiled_tiny_model(params, len(x))
     after_each_step: list[list[np.ndarray]] = []
@@ -232,54 +216,6 @@ def test_weight_average_warms_up_its_decay(processed):
     averages = values_of(model.optimizer._model_variables_moving_average)
     for got, want in zip(averages, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-def test_averaged_run_resumes_to_the_same_model(tmp_path, processed, monkeypatch):
-    """The average lives in the checkpointed optimizer: a crash and rerun end where one run does."""
-    train_into(tmp_path / "reference", processed, ema_decay=0.9, epochs=4)
-    save_checkpoint = train.save_checkpoint
-
-    def crash_after_second_epoch(model, state, *args):
-        save_checkpoint(model, state, *args)
-        if state.next_epoch == 2:
-            raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(train, "save_checkpoint", crash_after_second_epoch)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_into(tmp_path / "victim", processed, ema_decay=0.9, epochs=4)
-    monkeypatch.undo()
-    info = train_into(tmp_path / "victim", processed, ema_decay=0.9, epochs=4)
-    assert info["epochs_run"] == 4
-    assert_same_weights(tmp_path / "reference/model.keras", tmp_path / "victim/model.keras")
-
-
-def test_corrupt_checkpoint_is_named_and_set_aside(tmp_path, processed, caplog):
-    """A truncated last.keras beside a matching state file: named, set aside, trained afresh."""
-    reference = train_into(tmp_path / "reference", processed, epochs=1, warmup_epochs=0)
-    params = TrainParams.model_validate({**TINY, "epochs": 1, "warmup_epochs": 0})
-    expected = training.fingerprint(params, {}, load_split("train", processed)[0].shape)
-    checkpoint_dir = tmp_path / "run" / "checkpoints"
-    checkpoint_dir.mkdir(parents=True)
-    (checkpoint_dir / CHECKPOINT_STATE).write_text(
-        json.dumps({"fingerprint": expected, "next_epoch": 1})
-    )
-    (checkpoint_dir / checkpoints.CHECKPOINT_MODEL).write_bytes(b"PK\x03\x04 truncated")
-
-    info = train_into(tmp_path / "run", processed, epochs=1, warmup_epochs=0)
-
-    assert info["best_val_loss"] == reference["best_val_loss"], "trained from the start"
-    assert "last.keras is unreadable" in caplog.text and "starting over" in caplog.text
-
-
-def test_stale_checkpoint_from_other_params_is_discarded(tmp_path, processed):
-    folder = tmp_path / "run"
-    (folder / "checkpoints").mkdir(parents=True)
-    (folder / "checkpoints" / CHECKPOINT_STATE).write_text(
-        json.dumps({"fingerprint": "something-else", "next_epoch": 2})
-    )
-    (folder / "checkpoints" / "last.keras").write_bytes(b"not a model")
-    info = train_into(folder, processed, epochs=1, warmup_epochs=0)
-    assert info["epochs_run"] == 1
 
 
 @pytest.mark.parametrize(
@@ -302,20 +238,20 @@ def test_bad_params_name_the_field(train_params, field):
 
 def test_batch_larger_than_data_is_rejected_before_training(tmp_path, processed):
     with pytest.raises(ConfigError, match=r"train\.batch_size: 5000 is larger than the 400"):
-        train_into(tmp_path, processed, batch_size=5000)
+        train_on_tiny_data(tmp_path, processed, batch_size=5000)
     assert not (tmp_path / "live").exists()
 
 
 def test_missing_processed_data_names_the_file(tmp_path):
     with pytest.raises(DataError, match=r"train_x.npy: processed data not found"):
-        train_into(tmp_path, tmp_path / "nowhere")
+        train_on_tiny_data(tmp_path, tmp_path / "nowhere")
 
 
 def test_validation_data_of_another_shape_is_rejected(tmp_path, processed):
     odd = write_processed(tmp_path / "odd")
     np.save(odd / "val_x.npy", np.zeros((100, TIME_STEPS + 1, FEATURES), np.float32))
     with pytest.raises(DataError, match=r"val_x.npy: sequences of shape \(13, 10\) do not fit"):
-        train_into(tmp_path, odd)
+        train_on_tiny_data(tmp_path, odd)
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch():

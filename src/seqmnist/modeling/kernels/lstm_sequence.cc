@@ -5,7 +5,7 @@
 // ops per time step, each costing 15-50 us of scheduling on top of its work (bench/README.md).
 // Here the batch is cut into one block of rows per worker thread; rows of an LSTM never interact,
 // so each thread runs all time steps of its block with no synchronisation, and every matrix
-// product is one Eigen GEMM built for this CPU (compiled with -march=native by fused_lstm.py).
+// product is one Eigen GEMM built for this CPU (compiled by fused_lstm.py for the CPU's x86-64 ISA level).
 // Over all time steps at once: one GEMM for the input gradient (when asked for), one for both
 // weight gradients.
 // Block partial sums are added in block order: for a given thread count the result is the same
