@@ -65,10 +65,19 @@ def test_sweep_runs_every_trial_once_across_workers_and_promotes_the_best(fleet,
     running, project = fleet
     qualities = (0.91, 0.95, 0.93, 0.92)
     trials = [arg for q in qualities for arg in ("--trial", f"train.quality={q}")]
-    done = sweep(
-        project, running.env, "--id", "sw1", "--max-parallel", "4", "--promote-best", *trials
-    )
+    # A second sweep at the same time shares the workers and the origin, and corrupts nothing.
+    other = ("--trial", "train.quality=0.5", "--trial", "train.quality=0.6")
+    with subprocess.Popen(
+        [SEQMNIST, "sweep", "run", "--id", "sw3", *other], cwd=project, env=running.env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as concurrent:  # fmt: skip
+        done = sweep(
+            project, running.env, "--id", "sw1", "--max-parallel", "4", "--promote-best", *trials
+        )
+        concurrent_output, _ = concurrent.communicate(timeout=SWEEP_TIMEOUT_S)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert concurrent.returncode == 0, concurrent_output
+    assert [row["train.quality"] for row in table_artifact(running.api_url, "sw3")] == [0.5, 0.6]
     assert "best sw1-1" in done.stdout  # quality 0.95: the lowest validation loss
 
     table = table_artifact(running.api_url, "sw1")
