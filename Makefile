@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # A subset run in about a minute: for trying things and for CI.
 QUICK_SET := -S train.max_train_samples=5000 -S train.epochs=3 -S train.batch_size=64
 
-.PHONY: env repro test quick lint bench bench-quick demo fleet clean-env
+.PHONY: env repro test quick lint bench bench-quick demo fleet fuzz clean-env
 
 env: $(STAMP)
 
@@ -53,6 +53,12 @@ demo: $(STAMP)
 WORKERS ?= 2
 fleet: $(STAMP)
 	$(BIN)/seqmnist fleet up --workers $(WORKERS)
+
+# The fuzz tests (tests/fuzz/) at 20x the inputs `make test` tries (Hypothesis profile "long",
+# about 10 minutes here); atheris on the IDX parser too where it is installed
+# (`.venv/bin/uv pip install atheris`; it is not in requirements.lock).
+fuzz: $(STAMP)
+	SEQMNIST_FUZZ_PROFILE=long $(BIN)/python -m pytest tests/fuzz $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src flows tests bench

@@ -8,6 +8,7 @@ the shipped params.yaml.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -17,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from seqmnist.errors import ConfigError
 from seqmnist.paths import PARAMS_FILE
 
+# Wrong values are quoted this briefly: a few hundred bytes of YAML aliases can name billions of
+# items (the "billion laughs"), which a full repr() would spell out.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxlevel, _QUOTE.maxstring, _QUOTE.maxother = 3, 80, 80
+
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 # What trains the LSTM layers (modeling.training.resolve_backend): our C++ kernel, Keras's own
@@ -25,7 +31,7 @@ LstmBackend = Literal["auto", "kernel", "keras"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class DownloadParams(_Frozen):
@@ -103,7 +109,7 @@ def _describe(error: ValidationError, source: Path) -> str:
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"])
         got = item.get("input")
-        lines.append(f"  {field}: {item['msg']} (got {got!r})")
+        lines.append(f"  {field}: {item['msg']} (got {_QUOTE.repr(got)})")
     return "\n".join(lines)
 
 
@@ -122,9 +128,17 @@ def _read_yaml(path: Path) -> object:
     if not path.is_file():
         raise ConfigError(f"{path}: parameters file not found (run from the project root)")
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the parameters file ({exc})") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to hold parameters") from None
 
 
 def load_params(path: Path = PARAMS_FILE) -> Params:

@@ -52,12 +52,14 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         staging.mkdir()  # usual permissions, unlike the owner-only holder
         yield staging
         previous = holder / "previous"
-        if target.exists():
+        had_previous = target.exists()
+        if had_previous:
             os.replace(target, previous)
         try:
             os.replace(staging, target)
         except OSError:
-            os.replace(previous, target)
+            if had_previous:  # else there is nothing to put back, and the error is the rename's
+                os.replace(previous, target)
             raise
     finally:
         shutil.rmtree(holder, ignore_errors=True)

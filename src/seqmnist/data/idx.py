@@ -54,6 +54,12 @@ class IdxHeader:
     def payload_size(self) -> int:
         return prod(self.dims)
 
+    @property
+    def extent(self) -> int:
+        """Values the dimensions span with empty ones counted as 1: an empty array of shape
+        (0, 2**16, 2**16, 2**31) holds nothing, yet numpy cannot even describe it."""
+        return prod(max(size, 1) for size in self.dims)
+
 
 def _describe_magic(ndim: int) -> str:
     magic = (UBYTE_CODE << 8) | ndim
@@ -108,10 +114,10 @@ def _parse_header(handle: BinaryIO, path: Path, expected_ndim: int | None) -> Id
 def _check_claimed_size(header: IdxHeader, path: Path, gzipped: bool, max_items: int) -> None:
     """Reject a header whose claimed size is absurd or cannot fit in the file, before reading."""
     payload = header.payload_size
-    if payload > max_items:
+    if header.extent > max_items:
         raise DataError(
-            f"{path}: IDX header claims dimensions {header.dims} = {payload} values, "
-            f"over the limit of {max_items}; the header is corrupt"
+            f"{path}: IDX header claims dimensions {header.dims}, spanning {header.extent} "
+            f"values, over the limit of {max_items}; the header is corrupt"
         )
     file_size = path.stat().st_size
     if gzipped:
@@ -134,8 +140,8 @@ def read_idx(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: IDX file not found")
-    gzipped = is_gzip(path)
     try:
+        gzipped = is_gzip(path)
         with gzip.open(path, "rb") if gzipped else open(path, "rb") as handle:
             header = _parse_header(handle, path, expected_ndim)
             _check_claimed_size(header, path, gzipped, max_items)
@@ -143,6 +149,8 @@ def read_idx(
             trailing = handle.read(1)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: corrupt gzip stream ({exc})") from None
+    except OSError as exc:  # permissions, I/O errors: after BadGzipFile, one of its kind
+        raise DataError(f"{path}: cannot read the IDX file ({exc})") from None
     if len(payload) < header.payload_size:
         raise DataError(
             f"{path}: truncated; IDX header claims {header.payload_size} values for dimensions "

@@ -14,7 +14,7 @@ from seqmnist.config import ExportParams
 from seqmnist.constants import NUM_CLASSES
 from seqmnist.onnx import metadata as onnx_meta
 from seqmnist.paths import ONNX_MODEL
-from seqmnist.provenance import data_checksums, git_version
+from seqmnist.provenance import git_version
 
 FLOAT_NAME = ONNX_MODEL.name
 
@@ -49,7 +49,9 @@ def build_facts(
 ) -> dict[str, Any]:
     """Everything written into metadata_props and the model card (one source for both)."""
     version = git_version()
-    checksums = data_checksums() or dict(model_info.get("data_sha256") or {})
+    # The data the model was trained on, as train recorded it; never a metrics/data.json found
+    # in the working directory, which may describe other data (and is no dependency of export).
+    checksums = dict(model_info.get("data_sha256") or {})
     return {
         onnx_meta.META_MODEL_VERSION: {
             **version,

@@ -23,7 +23,8 @@ from seqmnist.errors import LOG_TAIL_LINES, OrchestrationError, StageFailed
 
 DEFAULT_STAGE_TIMEOUT_S = 6 * 3600.0
 DEFAULT_SYNC_TIMEOUT_S = 1800.0
-KILL_GRACE_S = 10.0
+KILL_GRACE_S = 10.0  # from SIGTERM to SIGKILL
+KILL_POLL_S = 0.1
 # dvc prints this for each stage it actually runs; its absence means DVC skipped the stage.
 DVC_RUNNING_MARKER = "Running stage"
 # ...and this when the stage's command fails: "failed to run: <cmd>, exited with 3".
@@ -67,16 +68,39 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, **QUIET_CHILD_ENV, "PATH": path, **(extra or {})}
 
 
+def _group_exists(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _group_exited(process: subprocess.Popen[str], within_s: float) -> bool:
+    """Whether every process of the command's group is gone within `within_s` (the command
+    leads the group: start_new_session)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        process.poll()  # reap the command itself: its zombie would keep the group alive
+        if not _group_exists(process.pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(KILL_POLL_S)
+
+
 def _kill_group(process: subprocess.Popen[str]) -> None:
-    """Stop the command and everything it started (dvc runs the stage as a grandchild)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    """Stop the command and everything it started (dvc runs the stage as a grandchild).
+
+    SIGTERM to the whole process group; whatever of it is still there after KILL_GRACE_S gets
+    SIGKILL, even once the command itself has exited: a stage's own children may ignore SIGTERM.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    if not _group_exited(process, KILL_GRACE_S):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=KILL_GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def run_command(

@@ -28,26 +28,47 @@ import argparse
 import json
 import os
 import sys
+import tokenize
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from seqmnist.constants import GZIP_MAGIC, ORT_PROVIDERS, PIXEL_MAX, PREDICT_BATCH_SIZE
-from seqmnist.errors import InputFileError, ModelFileError, SeqmnistError
+from seqmnist.errors import DataError, InputFileError, ModelFileError, SeqmnistError
 from seqmnist.onnx import metadata as onnx_meta
 from seqmnist.serving import framing
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 NPY_SUFFIX = ".npy"
 NPY_MAGIC = b"\x93NUMPY"
+# What numpy raises on a malformed .npy file: its header parser also lets the tokenizer's errors
+# through (a header with an unclosed bracket: tokenize.TokenError; descr ',24': SyntaxError).
+NPY_READ_ERRORS = (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError)
+# Bytes an array can span, empty dimensions counted as 1: numpy cannot describe more.
+NPY_MAX_BYTES = np.iinfo(np.intp).max
+# .npy header layouts by format version; 3.0 is 2.0's with a UTF-8 header (non-ASCII field names
+# of structured dtypes, refused anyway), so 2.0's reader reads it.
+NPY_HEADER_READERS = {
+    (1, 0): npy_format.read_array_header_1_0,
+    (2, 0): npy_format.read_array_header_2_0,
+    (3, 0): npy_format.read_array_header_2_0,
+}
 IDX_UBYTE_CODE = 0x08
 FLOAT_SLACK = 1e-6
 PLAIN_MODES = ("L", "LA", "RGB", "RGBA")  # Pillow modes framing.to_gray reads as they are
 # Pixels converted to numpy at a time: a huge picture's copies stay near 16 MiB (RGBA).
 DECODE_STRIP_PIXELS = 1 << 22
+# The most pixels one byte of a picture can encode: PNG at 1 bit a pixel with deflate's 1032:1
+# limit; JPEG at one Huffman-coded bit per 8x8 block. Other formats get PNG's. A header claiming
+# more than FREE_PIXELS plus this per byte of its file is forged or truncated, and is refused
+# before Pillow allocates the picture it claims.
+MAX_PIXELS_PER_BYTE = {"PNG": 8 * 1032, "JPEG": 8 * 64}
+DEFAULT_PIXELS_PER_BYTE = MAX_PIXELS_PER_BYTE["PNG"]
+FREE_PIXELS = 1 << 22  # any file may claim 2048 x 2048 pixels (16 MiB decoded as RGBA)
 
 
 @dataclass(frozen=True)
@@ -157,15 +178,16 @@ def to_model_input(
     if array.dtype == np.uint8:
         scaled = array.astype(np.float32) / PIXEL_MAX
     elif np.issubdtype(array.dtype, np.floating):
-        scaled = array.astype(np.float32)
-        if scaled.size and not np.isfinite(scaled).all():
+        # Checked before the cast to float32, which would turn 1e300 into inf (and warn).
+        if array.size and not np.isfinite(array).all():
             raise InputFileError(f"{source}: array holds NaN or infinite values; {expected}")
-        low, high = (float(scaled.min()), float(scaled.max())) if scaled.size else (0.0, 0.0)
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
         if low < -FLOAT_SLACK or high > 1 + FLOAT_SLACK:
             raise InputFileError(
                 f"{source}: float values span [{low:g}, {high:g}]; {expected} "
                 "(divide 0..255 pixels by 255, or save them as uint8)"
             )
+        scaled = array.astype(np.float32)
     else:
         raise InputFileError(f"{source}: array of dtype {array.dtype}; {expected}")
     if invert:
@@ -181,6 +203,21 @@ def _pixel_mode(image) -> str:
     return "RGBA" if has_alpha else "RGB"
 
 
+def _check_claimed_pixels(image, path: Path) -> None:
+    """Refuse a header claiming more pixels than its file can encode, before anything is decoded:
+    Pillow allocates what the header claims (a 333-byte JPEG can claim 9000 x 9000)."""
+    width, height = image.size
+    file_size = path.stat().st_size
+    density = MAX_PIXELS_PER_BYTE.get(image.format, DEFAULT_PIXELS_PER_BYTE)
+    limit = FREE_PIXELS + density * file_size
+    if width * height > limit:
+        raise InputFileError(
+            f"{path}: its {image.format or 'image'} header claims {width}x{height} = "
+            f"{width * height} pixels, over the {limit} a {file_size}-byte file can encode; "
+            "the file is truncated or its header is corrupt"
+        )
+
+
 def _decode_gray(path: Path, background: int) -> np.ndarray:
     """The picture, upright by its EXIF orientation, as uint8 gray [H, W] on `background`.
 
@@ -191,6 +228,7 @@ def _decode_gray(path: Path, background: int) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
+            _check_claimed_pixels(image, path)
             ImageOps.exif_transpose(image, in_place=True)
             mode = _pixel_mode(image)
             width, height = image.size
@@ -223,23 +261,54 @@ def _load_image(
     )
 
 
-def _load_npy(path: Path, time_steps: int, features: int) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+def _check_npy_header(handle: BinaryIO, path: Path, expected: str) -> None:
+    """Refuse Python objects (a pickle, never loaded) and a header claiming more data than the
+    file holds, before numpy allocates the array it claims."""
+    version = npy_format.read_magic(handle)
+    if version not in NPY_HEADER_READERS:
+        raise InputFileError(f"{path}: .npy format version {version} is not supported; {expected}")
+    shape, _, dtype = NPY_HEADER_READERS[version](handle)
+    if dtype.hasobject:
         raise InputFileError(
-            f"{path}: not a readable .npy array ({exc}); expected a numeric .npy file "
-            f"[N, {time_steps}, {features}] or [{time_steps}, {features}]"
-        ) from None
-    if not isinstance(array, np.ndarray):
-        raise InputFileError(f"{path}: an .npz archive, not a single .npy array")
+            f"{path}: not a readable .npy array: it holds Python objects ({dtype}), which are "
+            f"never unpickled; {expected}"
+        )
+    extent = prod(max(size, 1) for size in shape) * max(dtype.itemsize, 1)
+    if any(size < 0 for size in shape) or extent > NPY_MAX_BYTES:
+        raise InputFileError(
+            f"{path}: its .npy header claims shape {shape} of {dtype}, which no array can have; "
+            f"{expected}"
+        )
+    held = path.stat().st_size - handle.tell()
+    claimed = prod(shape) * dtype.itemsize
+    if claimed > held:
+        raise InputFileError(
+            f"{path}: truncated; its .npy header claims shape {shape} of {dtype} = {claimed} "
+            f"bytes, the file holds {held}; {expected}"
+        )
+
+
+def _load_npy(path: Path, time_steps: int, features: int) -> np.ndarray:
+    expected = (
+        f"expected a numeric .npy file [N, {time_steps}, {features}] or [{time_steps}, {features}]"
+    )
+    try:
+        with open(path, "rb") as handle:
+            _check_npy_header(handle, path, expected)
+            handle.seek(0)
+            array = npy_format.read_array(handle, allow_pickle=False)
+    except NPY_READ_ERRORS as exc:
+        raise InputFileError(f"{path}: not a readable .npy array ({exc}); {expected}") from None
     return to_model_input(array, str(path), time_steps, features)
 
 
 def _load_idx(path: Path, time_steps: int, features: int) -> np.ndarray:
     from seqmnist.data.idx import read_idx
 
-    array = read_idx(path)
+    try:
+        array = read_idx(path)
+    except DataError as exc:  # the parser's own errors already name the file and the fault
+        raise InputFileError(str(exc)) from None
     if array.ndim not in (2, 3):
         raise InputFileError(
             f"{path}: IDX file with {array.ndim} dimension(s) {array.shape} (a label file?); "
@@ -264,8 +333,11 @@ def load_inputs(
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"{path}: input file not found")
-    with open(path, "rb") as handle:
-        head = handle.read(len(NPY_MAGIC))
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(NPY_MAGIC))
+    except OSError as exc:  # permissions, I/O errors
+        raise InputFileError(f"{path}: cannot read the input file ({exc})") from None
     if head.startswith(NPY_MAGIC):
         return _load_npy(path, time_steps, features)
     if _looks_like_idx(head) or head.startswith(GZIP_MAGIC):

@@ -123,6 +123,14 @@ def test_header_over_the_size_cap(tmp_path: Path) -> None:
     assert "over the limit" in _error(path, expected_ndim=3)
 
 
+def test_empty_claim_beyond_what_numpy_can_shape(tmp_path: Path) -> None:
+    """No values, but dimensions whose product overflows numpy's index type: this used to end in
+    numpy's ValueError ("array is too big") instead of a DataError (found by tests/fuzz)."""
+    path = write_bytes(tmp_path / "images", idx_header((0, 2**16, 2**16, 2**31)))
+    message = _error(path)
+    assert f"spanning {2**63} values, over the limit" in message
+
+
 def test_size_cap_is_configurable(tmp_path: Path) -> None:
     path = write_bytes(tmp_path / "images", idx_bytes(IMAGES))
     assert "over the limit of 59" in _error(path, expected_ndim=3, max_items=59)
@@ -145,6 +153,15 @@ def test_header_larger_than_the_file_allocates_nothing(tmp_path: Path, gz: bool)
 
 def test_missing_file(tmp_path: Path) -> None:
     assert "not found" in _error(tmp_path / "nowhere")
+
+
+UNREADABLE = Path("/proc/self/mem")  # a regular file whose first read fails (EIO), even as root
+
+
+@pytest.mark.skipif(not UNREADABLE.is_file(), reason="needs Linux's /proc/self/mem")
+def test_unreadable_file() -> None:
+    """Permission denied or an I/O error is a DataError naming the file, not an OSError."""
+    assert "cannot read the IDX file" in _error(UNREADABLE)
 
 
 def test_file_sha256(tmp_path: Path) -> None:

@@ -1,16 +1,44 @@
-"""Stage subprocesses: DVC's skip detection, exit codes, log tails, timeouts."""
+"""Stage subprocesses: DVC's skip detection, exit codes, log tails, timeouts; the retry policy."""
 
 from __future__ import annotations
 
+import logging
+import os
 import pickle
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from seqmnist.errors import StageFailed
 from seqmnist.orchestration import runner
-from support.prefect_fixtures import make_toy_project
+from support.prefect_fixtures import load_pipeline, make_toy_project
+from support.project import init_repo
+
+STAGE_RETRY_DELAYS_S = [30.0, 60.0]  # README: "retried twice (30 s, then 60 s apart)"
+RETRY_JITTER = 0.2
+RETRY_SAMPLES = 200
+STAGE_TIMEOUT_S = 8.0  # dvc takes 1-3 s to start the stage here
+GRACE_S = 1.0  # SIGTERM to SIGKILL, shortened from runner.KILL_GRACE_S
+EXIT_WAIT_S = 5.0  # for killed processes to be gone from the process table
+# A stage whose command starts a grandchild; both write their pids, then sleep for 10 minutes.
+SLEEPY_STAGE = textwrap.dedent(
+    """
+    import os, pathlib, signal, subprocess, sys, time
+
+    grandchild = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+    pathlib.Path("pids").write_text(f"{os.getpid()} {grandchild.pid}")
+    time.sleep(600)
+    """
+)
+GRANDCHILDREN = {
+    "obeys SIGTERM": "import time; time.sleep(600)",
+    "ignores SIGTERM": "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "time.sleep(600)",
+}
 
 
 @pytest.fixture
@@ -47,3 +75,77 @@ def test_failed_stage_carries_exit_code_and_log_tail(
 def test_command_past_its_timeout_is_killed(tmp_path: Path) -> None:
     result = runner.run_command([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path, 1)
     assert result.timed_out and result.returncode is None and result.duration_s < 30
+
+
+def test_stage_retry_policy_waits_30_then_60_seconds_with_jitter() -> None:
+    """The delays Prefect's engine schedules for flows/pipeline.py's repro_stage task, without
+    waiting them (the flow tests run with the delays patched to 0)."""
+    from prefect.task_engine import SyncTaskRunEngine
+    from prefect.types._datetime import now
+
+    task = load_pipeline().repro_stage
+    assert task.retries == len(STAGE_RETRY_DELAYS_S)
+    assert task.retry_delay_seconds == STAGE_RETRY_DELAYS_S
+    assert task.retry_jitter_factor == RETRY_JITTER
+    delays: list[list[float]] = [[] for _ in STAGE_RETRY_DELAYS_S]
+    for _ in range(RETRY_SAMPLES):
+        engine = SyncTaskRunEngine(task=task)
+        engine.task_run = object()  # retry_condition_fn only asks whether there is one
+        engine.logger = logging.getLogger("seqmnist.tests.retry_policy")
+        scheduled = []
+        engine.set_state = lambda state, force=False, scheduled=scheduled: scheduled.append(state)
+        for attempt in delays:
+            started = now("UTC")
+            assert engine.handle_retry(RuntimeError("stage failed"))
+            attempt.append((scheduled[-1].state_details.scheduled_time - started).total_seconds())
+        assert not engine.handle_retry(RuntimeError("stage failed")), "a third retry"
+    for base, observed in zip(STAGE_RETRY_DELAYS_S, delays, strict=True):
+        low, high = base * (1 - RETRY_JITTER), base * (1 + RETRY_JITTER)
+        assert low <= min(observed) < base < max(observed) <= high, (base, observed[:10])
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def sleepy_project(tmp_path: Path) -> Path:
+    project = tmp_path / "sleepy"
+    project.mkdir()
+    (project / "sleepy.py").write_text(SLEEPY_STAGE)
+    stages = {"sleepy": {"cmd": 'python sleepy.py "$GRANDCHILD"', "outs": ["never-written"]}}
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    return init_repo(project, "a stage that outlives any timeout")
+
+
+@pytest.mark.parametrize("grandchild", list(GRANDCHILDREN))
+def test_stage_timeout_kills_what_dvc_started(
+    sleepy_project: Path, monkeypatch: pytest.MonkeyPatch, grandchild: str
+) -> None:
+    """`dvc repro` runs the stage's command as its grandchild, which starts one more process:
+    past the timeout, all of them must be gone, even one that ignores SIGTERM."""
+    monkeypatch.setenv("GRANDCHILD", GRANDCHILDREN[grandchild])
+    monkeypatch.setattr(runner, "KILL_GRACE_S", GRACE_S)
+    started = time.monotonic()
+    with pytest.raises(StageFailed) as caught:
+        runner.run_stage(sleepy_project, "sleepy", timeout_s=STAGE_TIMEOUT_S)
+    elapsed = time.monotonic() - started
+    assert caught.value.timed_out and caught.value.returncode is None
+    assert "timed out" in str(caught.value)
+    assert elapsed < STAGE_TIMEOUT_S + GRACE_S + EXIT_WAIT_S
+    pids_file = sleepy_project / "pids"
+    assert pids_file.is_file(), f"dvc did not start the stage within {STAGE_TIMEOUT_S} s"
+    pids = [int(pid) for pid in pids_file.read_text().split()]
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in pids if _alive(pid)]
+    for pid in survivors:  # do not leave them to the machine
+        os.kill(pid, 9)
+    assert survivors == [], "stage processes survived the timeout"

@@ -15,6 +15,8 @@ import struct
 import subprocess
 import sys
 import textwrap
+import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -252,6 +254,8 @@ def _bad_inputs(tmp_path: Path, exported: TinyExport) -> dict[str, tuple[Path, s
     objects = tmp_path / "objects.npy"
     np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     labels = write_idx(tmp_path / "labels-idx1-ubyte", np.arange(5), IDX_LABELS_MAGIC)
+    truncated_idx = write_idx(tmp_path / "images-idx3-ubyte", np.zeros((2, 28, 28)), 0x803)
+    truncated_idx.write_bytes(truncated_idx.read_bytes()[:-1])
     blank = tmp_path / "blank.png"
     Image.new("RGB", PNG_SIZE, (12, 12, 12)).save(blank)
     return {
@@ -261,8 +265,9 @@ def _bad_inputs(tmp_path: Path, exported: TinyExport) -> dict[str, tuple[Path, s
         "wrong shape": (wrong_shape, "(4, 28, 27)"),
         "wrong dtype": (wrong_dtype, "int64"),
         "unscaled float": (unscaled, "divide 0..255 pixels by 255"),
-        "object array": (objects, "not a readable .npy array"),
+        "object array": (objects, "never unpickled"),
         "idx labels": (labels, "expected an IDX image file"),
+        "truncated idx": (truncated_idx, "expected 1584 (16-byte header + 1568 values"),
         "blank picture": (blank, "no digit found"),
     }
 
@@ -278,6 +283,7 @@ def _bad_inputs(tmp_path: Path, exported: TinyExport) -> dict[str, tuple[Path, s
         "unscaled float",
         "object array",
         "idx labels",
+        "truncated idx",
         "blank picture",
     ],
 )
@@ -285,10 +291,122 @@ def test_bad_input_names_file_and_expectation(
     case: str, predictor: Predictor, exported: TinyExport, tmp_path: Path
 ) -> None:
     path, words = _bad_inputs(tmp_path, exported)[case]
-    with pytest.raises(SeqmnistError) as caught:
+    with pytest.raises(InputFileError) as caught:  # IDX files' errors were DataErrors
         classify(predictor, [path])
     assert str(path) in str(caught.value)
     assert words in str(caught.value)
+
+
+def _forged_npy(path: Path, header: str, payload: bytes) -> Path:
+    """A .npy file whose header text is `header`, unchecked, padded to 128 bytes as numpy pads."""
+    text = (header.ljust(NPY_HEADER_TEXT - 1) + "\n").encode()
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + payload)
+    return path
+
+
+NPY_HEADER_TEXT = 118  # after the 10-byte prefix: 128 bytes, a multiple of numpy's 64
+
+
+@pytest.mark.parametrize(
+    ("header", "words"),
+    [
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (100000000, 28, 28), }",
+            "truncated; its .npy header claims shape (100000000, 28, 28) of float32 = "
+            "313600000000 bytes, the file holds 16",
+        ),
+        ("{'descr': ',24', 'fortran_order': False, 'shape': (1, 28, 28), }", "not a readable"),
+        ("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 28, 28, }", "not a readable"),
+        (
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (0, 9223372036854775808), }",
+            "which no array can have",
+        ),
+    ],
+    ids=["claims-292-GiB", "descr-numpy-cannot-parse", "unclosed-bracket", "beyond-numpy"],
+)
+def test_forged_npy_header_is_refused_before_anything_is_allocated(
+    tmp_path: Path, header: str, words: str
+) -> None:
+    """Found by tests/fuzz: numpy's reader let MemoryError (after trying to allocate the 292 GiB
+    claimed; 30 MB for a claim of 10,000 images), SyntaxError or tokenize.TokenError out."""
+    path = _forged_npy(tmp_path / "forged.npy", header, payload=bytes(16))
+    tracemalloc.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nor numpy's overflow warnings on the way
+            with pytest.raises(InputFileError) as caught:
+                load_inputs(path, 28, 28)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(caught.value) and words in str(caught.value)
+    assert peak < 1 << 20
+
+
+class _Tripwire:
+    """Creates `path` when unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.path)!r}, 'w').close()",)
+
+
+def test_pickles_in_npy_files_are_never_loaded(tmp_path: Path) -> None:
+    sentinel = tmp_path / "unpickled"
+    path = tmp_path / "objects.npy"
+    np.save(path, np.array([_Tripwire(sentinel)], dtype=object), allow_pickle=True)
+    with pytest.raises(InputFileError, match="holds Python objects"):
+        load_inputs(path, 28, 28)
+    assert not sentinel.exists()
+
+
+def test_floats_beyond_float32_are_named_not_cast(tmp_path: Path) -> None:
+    """1e300 was cast to inf first: a RuntimeWarning, then "holds NaN or infinite values"."""
+    path = tmp_path / "huge.npy"
+    np.save(path, np.full((1, 28, 28), 1e300))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputFileError, match=r"float values span \[1e\+300, 1e\+300\]"):
+            load_inputs(path, 28, 28)
+
+
+def test_picture_claiming_more_pixels_than_its_file_holds(tmp_path: Path) -> None:
+    """Found by tests/fuzz: a 333-byte JPEG whose header claims 9000 x 9000 pixels was decoded
+    whole (81 M pixels of filler, hundreds of MB); now refused before Pillow decodes it. (Under
+    Pillow's decompression-bomb limits, which do not look at the file's size.)"""
+    from PIL import Image
+
+    path = tmp_path / "forged.jpg"
+    Image.new("L", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    size_field = data.index(b"\xff\xc0\x00\x0b") + 5  # SOF0 of one component: height, width
+    data[size_field : size_field + 4] = struct.pack(">HH", 9000, 9000)
+    path.write_bytes(data)
+    with pytest.raises(InputFileError):  # once first: Pillow's imports are not measured
+        load_inputs(path, 28, 28)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputFileError) as caught:
+            load_inputs(path, 28, 28)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(caught.value)
+    assert str(path) in message and "claims 9000x9000 = 81000000 pixels" in message
+    assert "truncated or its header is corrupt" in message
+    assert peak < 1 << 20
+
+
+UNREADABLE = Path("/proc/self/mem")  # a regular file whose first read fails (EIO), even as root
+
+
+@pytest.mark.skipif(not UNREADABLE.is_file(), reason="needs Linux's /proc/self/mem")
+def test_unreadable_input_file() -> None:
+    """Permission denied or an I/O error is an InputFileError naming the file, not an OSError."""
+    with pytest.raises(InputFileError, match=f"{UNREADABLE}: cannot read the input file"):
+        load_inputs(UNREADABLE, 28, 28)
 
 
 def _bad_models(tmp_path: Path, exported: TinyExport) -> dict[str, Path]:

@@ -15,11 +15,13 @@ import pytest
 
 from seqmnist import cli
 from seqmnist.config import DownloadParams
+from seqmnist.data import mirrors
 from seqmnist.errors import DownloadError
 from seqmnist.paths import TRAIN_IMAGES, TRAIN_LABELS
 from seqmnist.stages import download
 from seqmnist.stages.download import MNIST_SHA256
-from support.idx_factory import gzip_bytes, sha256, tiny_mnist, write_gz_mirror
+from support.faults import Crash, contents, crash_on_call, failing_swap
+from support.idx_factory import gzip_bytes, sha256, tiny_mnist, write_gz_mirror, write_raw_dir
 
 ATTEMPTS = 2
 READ_TIMEOUT_S = 0.3
@@ -296,6 +298,31 @@ def test_failure_leaves_previous_raw_data_alone(
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["raw"]
     assert [p.name for p in out_dir.iterdir()] == [TRAIN_IMAGES]
     assert (out_dir / TRAIN_IMAGES).read_bytes() == b"previous"
+
+
+@pytest.mark.parametrize("failure", ["between files", "final rename"])
+def test_failure_while_writing_keeps_the_previous_raw_folder(
+    tmp_path: Path,
+    payloads: dict[str, bytes],
+    expected: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    failure: str,
+) -> None:
+    """Two new files are verified in the staging folder when the third one's crashes (or all
+    four when the final rename fails): data/raw must stay the previous four files, unmixed."""
+    folder = tmp_path / "mirror"
+    write_gz_mirror(folder, payloads)
+    out_dir = tmp_path / "data/raw"
+    write_raw_dir(out_dir, {name: b"previous " + name.encode() for name in payloads})
+    before = contents(out_dir)
+    if failure == "between files":
+        crash_on_call(monkeypatch, mirrors, "_decompress_verified", after=2)
+    else:
+        failing_swap(monkeypatch, out_dir)
+    with pytest.raises((Crash, OSError)):
+        download.run(_params(), out_dir, mirror=str(folder), progress=False, expected=expected)
+    assert contents(out_dir) == before
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["raw"]
 
 
 def test_unsupported_scheme_is_a_failing_mirror(tmp_path: Path, expected: dict) -> None:

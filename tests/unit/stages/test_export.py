@@ -7,6 +7,7 @@ and exports once per session.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ import pytest
 from seqmnist.config import ExportParams, ModelParams
 from seqmnist.errors import SeqmnistError
 from seqmnist.onnx import metadata as onnx_meta
+from seqmnist.stages import export
+from support.faults import Crash, contents, crash_on_call, failing_swap
 from support.tiny_export import (
     FAKE_COMMIT,
     FEATURES,
@@ -80,17 +83,24 @@ def test_graph_interface(exported: TinyExport) -> None:
         assert value.type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
+def _metadata(onnx_path: Path) -> dict:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    return onnx_meta.decode_metadata(session.get_modelmeta().custom_metadata_map)
+
+
 def test_metadata_round_trip(exported: TinyExport) -> None:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(exported.onnx_path, providers=["CPUExecutionProvider"])
-    meta = onnx_meta.decode_metadata(session.get_modelmeta().custom_metadata_map)
+    meta = _metadata(exported.onnx_path)
     version = meta[onnx_meta.META_MODEL_VERSION]
     assert set(version) >= {"git_commit", "git_dirty"}
     assert version["train_git_commit"] == FAKE_COMMIT
     assert meta[onnx_meta.META_PARAMS]["train"]["model"] == TINY.model_dump()
     assert meta[onnx_meta.META_PARAMS]["export"] == ExportParams().model_dump()
-    assert meta[onnx_meta.META_DATA_SHA256]  # from metrics/data.json, else model_info.json
+    trained_on = json.loads(exported.info_path.read_text())["data_sha256"]
+    assert meta[onnx_meta.META_DATA_SHA256] == trained_on
     test_metrics = meta[onnx_meta.META_TEST_METRICS]
     assert test_metrics["evaluate"] == {"accuracy": 0.5, "loss": 1.0}
     assert test_metrics["onnx_accuracy"] == exported.metrics["onnx_test_accuracy"]
@@ -136,9 +146,27 @@ def test_int8_variant_is_smaller_and_about_as_accurate(exported: TinyExport) -> 
     )
 
 
-def test_parity_failure_names_the_gap_and_keeps_old_files(
+def test_data_checksums_are_those_the_model_was_trained_on(
+    exported: TinyExport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Export used to read ./metrics/data.json first: whatever data the working directory's file
+    described (the repository's committed one, for the tiny model) went into the metadata."""
+    decoy = tmp_path / "metrics" / "data.json"
+    decoy.parent.mkdir()
+    decoy.write_text(json.dumps({"source_sha256": {"other-data-idx3-ubyte": "00" * 32}}))
+    monkeypatch.chdir(tmp_path)
+    out_dir = tmp_path / "onnx"
+    exported.run_export(ExportParams(quantize_int8=False), out_dir, tmp_path / "export.json")
+    trained_on = json.loads(exported.info_path.read_text())["data_sha256"]
+    assert _metadata(out_dir / "model.onnx")[onnx_meta.META_DATA_SHA256] == trained_on
+    card = (out_dir / "MODEL_CARD.md").read_text()
+    assert "ab" * 32 in card and "00" * 32 not in card
+
+
+def test_parity_failure_names_the_gap_and_writes_nothing(
     exported: TinyExport, tmp_path: Path
 ) -> None:
+    """Refused before the write starts; failures during the write are tested below."""
     out_dir = tmp_path / "onnx"
     out_dir.mkdir()
     (out_dir / "previous.txt").write_text("kept")
@@ -147,6 +175,37 @@ def test_parity_failure_names_the_gap_and_keeps_old_files(
         exported.run_export(strict, out_dir, tmp_path / "export.json")
     assert [path.name for path in tmp_path.iterdir()] == ["onnx"]
     assert (out_dir / "previous.txt").read_text() == "kept"
+
+
+def _half_written_int8(float_path: Path, int8_path: Path, facts: dict) -> None:
+    """The quantizer dying with half of model.int8.onnx on disk."""
+    int8_path.write_bytes(float_path.read_bytes()[:100])
+    raise Crash("quantizer killed mid-file")
+
+
+@pytest.mark.parametrize("failure", ["int8 quantization", "model card", "final rename"])
+def test_failure_while_writing_keeps_the_previous_onnx_folder(
+    exported: TinyExport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """The staging folder already holds model.onnx (and, for the card, model.int8.onnx) when the
+    write fails: models/onnx must stay the previous export, whole, with nothing left beside it."""
+    out_dir = tmp_path / "onnx"
+    shutil.copytree(exported.out_dir, out_dir)
+    (out_dir / "previous-export.txt").write_text("the export before this one")
+    before = contents(out_dir)
+    metrics_path = tmp_path / "export.json"
+    metrics_path.write_text('{"previous": true}')
+    if failure == "int8 quantization":
+        monkeypatch.setattr(export, "quantize_int8", _half_written_int8)
+    elif failure == "model card":
+        crash_on_call(monkeypatch, export, "model_card", after=0)
+    else:
+        failing_swap(monkeypatch, out_dir)
+    with pytest.raises((Crash, OSError)):
+        exported.run_export(ExportParams(), out_dir, metrics_path)
+    assert contents(out_dir) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["export.json", "onnx"]
+    assert metrics_path.read_text() == '{"previous": true}'
 
 
 def test_missing_keras_model_is_a_clear_error(tmp_path: Path) -> None:

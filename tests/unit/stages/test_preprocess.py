@@ -15,6 +15,7 @@ from seqmnist.data.dataset import SPLITS, load_split
 from seqmnist.errors import ConfigError, DataError
 from seqmnist.paths import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from seqmnist.stages import preprocess
+from support.faults import Crash, contents, crash_on_call, failing_swap
 from support.idx_factory import idx_bytes, sha256, tiny_mnist, write_bytes, write_raw_dir
 
 ROWS, COLUMNS = 5, 7  # deliberately not 28 x 28: the shape must come from the data
@@ -172,7 +173,39 @@ def test_stage_is_deterministic(tmp_path: Path, raw_dir: Path) -> None:
         assert a == (tmp_path / "b" / "processed" / name).read_bytes()
 
 
-def _expect_failure_leaves_output_alone(tmp_path: Path, raw_dir: Path, **kwargs: int) -> str:
+@pytest.mark.parametrize("failure", ["second split", "final rename"])
+def test_failure_while_writing_keeps_the_previous_output(
+    tmp_path: Path, raw_dir: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """The staging folder already holds the train split when the write fails: data/processed and
+    metrics/data.json must stay the previous run's, with nothing left beside them."""
+    _run(tmp_path, raw_dir, seed=0)
+    before = contents(tmp_path / "processed")
+    stats_before = (tmp_path / "metrics/data.json").read_bytes()
+    if failure == "second split":
+        crash_on_call(monkeypatch, preprocess, "images_to_sequences", after=1)
+    else:
+        failing_swap(monkeypatch, tmp_path / "processed")
+    with pytest.raises((Crash, OSError)):
+        _run(tmp_path, raw_dir, seed=1)  # another split: different files, had they been written
+    assert contents(tmp_path / "processed") == before
+    assert (tmp_path / "metrics/data.json").read_bytes() == stats_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics", "processed", "raw"]
+
+
+def test_first_run_whose_final_rename_fails_reports_that_failure(
+    tmp_path: Path, raw_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no previous output to put back, the rename's own error used to be masked by a
+    FileNotFoundError from restoring it."""
+    failing_swap(monkeypatch, tmp_path / "processed")
+    with pytest.raises(OSError, match="injected failure of the final rename"):
+        _run(tmp_path, raw_dir)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def _expect_failure_writes_nothing(tmp_path: Path, raw_dir: Path, **kwargs: int) -> str:
+    """Bad input is refused before the write starts: the previous output is not touched."""
     previous = write_bytes(tmp_path / "processed" / "train_x.npy", b"previous run")
     with pytest.raises((DataError, ConfigError)) as caught:
         _run(tmp_path, raw_dir, **kwargs)
@@ -183,7 +216,7 @@ def _expect_failure_leaves_output_alone(tmp_path: Path, raw_dir: Path, **kwargs:
 
 def test_count_mismatch_names_both_files(tmp_path: Path, raw_dir: Path) -> None:
     write_bytes(raw_dir / TRAIN_LABELS, idx_bytes(np.arange(59, dtype=np.uint8) % 10))
-    message = _expect_failure_leaves_output_alone(tmp_path, raw_dir)
+    message = _expect_failure_writes_nothing(tmp_path, raw_dir)
     assert message == (
         f"{raw_dir / TRAIN_IMAGES} holds 60 images but {raw_dir / TRAIN_LABELS} holds 59 labels; "
         "expected equal counts"
@@ -194,26 +227,26 @@ def test_label_out_of_range_names_the_file(tmp_path: Path, raw_dir: Path) -> Non
     labels = np.arange(20, dtype=np.uint8) % 10
     labels[7] = 200
     write_bytes(raw_dir / TEST_LABELS, idx_bytes(labels))
-    message = _expect_failure_leaves_output_alone(tmp_path, raw_dir)
+    message = _expect_failure_writes_nothing(tmp_path, raw_dir)
     assert message.startswith(f"{raw_dir / TEST_LABELS}: 1 label(s) out of range, first 200")
 
 
 def test_corrupt_raw_file_names_it(tmp_path: Path, raw_dir: Path) -> None:
     path = raw_dir / TRAIN_IMAGES
     path.write_bytes(path.read_bytes()[:-1])
-    message = _expect_failure_leaves_output_alone(tmp_path, raw_dir)
+    message = _expect_failure_writes_nothing(tmp_path, raw_dir)
     assert message.startswith(f"{path}: file is")
 
 
 def test_labels_swapped_for_images_are_caught(tmp_path: Path, raw_dir: Path) -> None:
     (raw_dir / TEST_IMAGES).write_bytes((raw_dir / TEST_LABELS).read_bytes())
-    message = _expect_failure_leaves_output_alone(tmp_path, raw_dir)
+    message = _expect_failure_writes_nothing(tmp_path, raw_dir)
     assert "has 1 dimension(s) (magic 2049)" in message
 
 
 def test_train_and_test_image_shapes_must_agree(tmp_path: Path, raw_dir: Path) -> None:
     write_bytes(raw_dir / TEST_IMAGES, idx_bytes(np.zeros((20, 7, 5), dtype=np.uint8)))
-    message = _expect_failure_leaves_output_alone(tmp_path, raw_dir)
+    message = _expect_failure_writes_nothing(tmp_path, raw_dir)
     assert message == (
         f"{raw_dir / TEST_IMAGES}: images are (7, 5); expected (5, 7) like {raw_dir / TRAIN_IMAGES}"
     )
@@ -221,12 +254,12 @@ def test_train_and_test_image_shapes_must_agree(tmp_path: Path, raw_dir: Path) -
 
 def test_missing_raw_file_says_what_to_run(tmp_path: Path, raw_dir: Path) -> None:
     (raw_dir / TRAIN_LABELS).unlink()
-    message = _expect_failure_leaves_output_alone(tmp_path, raw_dir)
+    message = _expect_failure_writes_nothing(tmp_path, raw_dir)
     assert message == (
         f"{raw_dir / TRAIN_LABELS}: raw IDX file not found; run `dvc repro download` first"
     )
 
 
 def test_validation_size_too_large_for_the_data(tmp_path: Path, raw_dir: Path) -> None:
-    message = _expect_failure_leaves_output_alone(tmp_path, raw_dir, validation_size=60)
+    message = _expect_failure_writes_nothing(tmp_path, raw_dir, validation_size=60)
     assert "preprocess.validation_size=60 must be smaller than the 60 training images" in message
