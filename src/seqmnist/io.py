@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 FILE_MODE = 0o666
+RENAME_EXCHANGE = 2  # renameat2(2) flag, linux/fs.h: swap two paths in one step
+AT_FDCWD = -100
 HASH_CHUNK = 1 << 20
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -38,11 +42,28 @@ def atomic_path(target: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one step (Linux's renameat2); False where the system or the
+    file system cannot, so the caller falls back to two renames."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    paths = (os.fsencode(first), os.fsencode(second))
+    if renameat2(AT_FDCWD, paths[0], AT_FDCWD, paths[1], RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}:
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty folder beside `target`; it replaces `target` only if the block succeeds.
 
     Readers see the old folder or the new one, never a mix; a failure leaves the old one as it was.
+    Replacing an existing folder is one exchange where Linux allows it, so a kill at any moment
+    leaves one of the two in place (two renames leave a moment with neither).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +72,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         staging = holder / target.name
         staging.mkdir()  # usual permissions, unlike the owner-only holder
         yield staging
+        if target.exists() and _exchange(staging, target):
+            return  # `staging` now holds the old folder, removed with the holder
         previous = holder / "previous"
         had_previous = target.exists()
         if had_previous:

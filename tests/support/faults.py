@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from seqmnist import io
+
 
 class Crash(Exception):
     """Stands for the stage dying mid-write: killed, out of memory, out of disk."""
@@ -30,16 +32,23 @@ def crash_on_call(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, aft
 
 
 def failing_swap(monkeypatch: pytest.MonkeyPatch, target: Path) -> None:
-    """Make the rename that moves a finished staging copy onto `target` fail (EIO), after the
-    previous `target` was set aside: the last step of seqmnist.io.atomic_dir."""
-    real_replace = os.replace
+    """Make the last step of seqmnist.io.atomic_dir fail (EIO): the exchange of the finished
+    staging copy with `target`, or the rename onto it (first run, or where no exchange exists)
+    after the previous `target` was set aside."""
+    real_replace, real_exchange = os.replace, io._exchange
 
     def replace(source, destination, *args, **kwargs):
         if Path(destination) == Path(target) and Path(source).name == Path(target).name:
             raise OSError(errno.EIO, "injected failure of the final rename", str(source))
         return real_replace(source, destination, *args, **kwargs)
 
+    def exchange(first: Path, second: Path) -> bool:
+        if Path(second) == Path(target):
+            raise OSError(errno.EIO, "injected failure of the final exchange", str(first))
+        return real_exchange(first, second)
+
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(io, "_exchange", exchange)
 
 
 def contents(folder: Path) -> dict[str, bytes]:

@@ -169,7 +169,7 @@ KILLED_AT = r"""
 import os, signal, sys
 from pathlib import Path
 
-from seqmnist import cli
+from seqmnist import cli, io
 from seqmnist.modeling import checkpoints
 from seqmnist.stages import train
 
@@ -206,15 +206,14 @@ elif moment == "checkpoint staged":  # epoch 2's weights staged, its state.json 
         write_json(target, payload)
 
     checkpoints.write_json = dying_write_json
-elif moment == "checkpoint swap":  # epoch 2's: old folder moved aside, new one not yet in place
-    replace = os.replace
+elif moment == "checkpoint swap":  # epoch 2's exchanged into place, epoch 1's not yet removed
+    exchange = io._exchange  # the first exchange of a run: epoch 1's checkpoint was a new folder
 
-    def dying_replace(source, target):
-        replace(source, target)
-        if Path(target).name == "previous":
-            die()
+    def dying_exchange(first, second):
+        exchange(first, second)
+        die()
 
-    os.replace = dying_replace
+    io._exchange = dying_exchange
 elif moment == "model saved":  # model.keras written, model_info.json not yet
     write_json = train.write_json
 
@@ -265,12 +264,12 @@ def checkpointed_epochs(folder: Path) -> int | None:
     return json.loads(state.read_text())["next_epoch"] if state.is_file() else None
 
 
-# What a kill at each moment leaves: the epochs checkpointed (None: no checkpoint in place), and
-# whether model.keras is written.
+# What a kill at each moment leaves: the epochs checkpointed, and whether model.keras is written.
+# A checkpoint is always in place: seqmnist.io.atomic_dir swaps folders in one exchange.
 LEFT_AFTER_KILL = {
     "mid-epoch": (1, False),
     "checkpoint staged": (1, False),
-    "checkpoint swap": (None, False),
+    "checkpoint swap": (2, False),
     "model saved": (3, True),
 }
 
@@ -300,10 +299,7 @@ def test_rerun_after_kill_ends_with_the_uninterrupted_runs_bytes(
 
     assert "LSTM backend kernel (no GPU visible)" in rerun.stderr
 
-    # Between the swap's two renames no checkpoint is in place (seqmnist.io.atomic_dir): the
-    # rerun starts over, which costs time but still ends with the same bytes.
-    if epochs_on_disk is not None:
-        assert f"{RESUMED} {TRAIN_CHECKPOINT_DIR} at epoch {epochs_on_disk + 1}" in rerun.stderr
+    assert f"{RESUMED} {TRAIN_CHECKPOINT_DIR} at epoch {epochs_on_disk + 1}" in rerun.stderr
     assert sha256_of(folder / KERAS_MODEL) == uninterrupted
     assert json.loads((folder / MODEL_INFO).read_text())["epochs_run"] == 3
     assert os.listdir(folder / TRAIN_CHECKPOINT_DIR.parent) == [], "no checkpoint or leftover"
