@@ -27,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from seqmnist import environment
-from seqmnist.errors import OrchestrationError
+from seqmnist.errors import OrchestrationError, TrialCrashed
 from seqmnist.orchestration import dvc, runner, sweep
 from seqmnist.registry.publish import load_publish_params
 
@@ -39,11 +39,6 @@ RESUBMISSIONS = 2  # a trial whose run Crashed is submitted again, twice at most
 EXP_PUSH_RETRIES = 3  # `dvc exp push` against the git origin and the DVC remote
 EXP_PUSH_BACKOFF_S = 10.0
 TRIAL_TIMEOUT_S = runner.DEFAULT_STAGE_TIMEOUT_S  # one `dvc exp run`; the process is killed
-WORKER_ENV = "SEQMNIST_WORKER"  # a worker's name in the table (default: the host name)
-
-
-class TrialCrashed(OrchestrationError):
-    """A trial's flow run Crashed: its worker or machine died, so it is submitted again."""
 
 
 @task(name="dvc-exp-run", task_run_name="{name}", cache_policy=NO_CACHE)
@@ -80,7 +75,7 @@ def seqmnist_trial(
     prepared_s = time.monotonic() - started
     run_s = run_experiment(str(root), name, overrides, timeout_s)
     push_s = push_experiment(str(root), git_remote, name)
-    worker = os.environ.get(WORKER_ENV) or socket.gethostname()
+    worker = os.environ.get(sweep.WORKER_ENV) or socket.gethostname()
     create_table_artifact(
         key=name,
         table=[{"worker": worker, "prepare_s": prepared_s, "run_s": run_s, "push_s": push_s}],

@@ -74,6 +74,10 @@ class StageFailed(OrchestrationError):
         return (type(self), (self.stage, self.returncode, self.log_tail, self.timed_out))
 
 
+class TrialCrashed(OrchestrationError):
+    """A sweep trial's flow run Crashed (its worker or machine died): it is submitted again."""
+
+
 class PublishError(SeqmnistError):
     """A version could not be published: DVC remote, git remote or registry tag (named)."""
 

@@ -33,6 +33,7 @@ import yaml
 
 from seqmnist.environment import TELEMETRY_OFF
 from seqmnist.errors import MissingExtraError, OrchestrationError
+from seqmnist.orchestration.sweep import WORKER_ENV
 from seqmnist.registry import git
 
 PREFECT_YAML = "prefect.yaml"
@@ -322,7 +323,7 @@ def start_worker(
     """A process worker in a folder of its own (its runs' clones go to its tmp/)."""
     home = fleet.folder / "workers" / name
     (home / "tmp").mkdir(parents=True, exist_ok=True)
-    env = {**fleet.env, "SEQMNIST_WORKER": name, "TMPDIR": str(home / "tmp"),
+    env = {**fleet.env, WORKER_ENV: name, "TMPDIR": str(home / "tmp"),
            "PREFECT_HOME": str(home / "prefect-home")}  # fmt: skip
     cmd = [_prefect(), "worker", "start", "--pool", pool, "--name", name, "--limit", str(limit)]
     process = stack.enter_context(background(cmd, home, env, home / "worker.log"))

@@ -30,6 +30,7 @@ METRIC_COLUMNS = {
     "test_accuracy": "metrics/evaluate.json:accuracy",
 }
 SELECTION_COLUMN = "val_loss"
+WORKER_ENV = "SEQMNIST_WORKER"  # a worker's name in the sweep table (default: the host name)
 EXP_REFS = "refs/exps"
 SWEEP_ID_FORMAT = "sweep-%Y%m%d-%H%M%S"
 # DVC experiment names are git ref components; ours are `<sweep id>-<trial index>`.
