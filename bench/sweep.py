@@ -40,6 +40,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
 
 def _project(scratch: Path) -> Path:
     """A clone of HEAD without an origin: the fleet gives it a bare one of its own."""
+    scratch.mkdir(parents=True, exist_ok=True)
     clone = scratch / "project"
     _run(["git", "clone", "--quiet", str(PROJECT_ROOT), str(clone)], scratch, dict(os.environ))
     _run(["git", "remote", "remove", "origin"], clone, dict(os.environ))
