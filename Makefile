@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # A subset run in about a minute: for trying things and for CI.
 QUICK_SET := -S train.max_train_samples=5000 -S train.epochs=3 -S train.batch_size=64
 
-.PHONY: env repro test quick lint bench bench-quick demo fleet fuzz clean-env
+.PHONY: env repro test quick lint bench bench-quick demo fleet fuzz faults clean-env
 
 env: $(STAMP)
 
@@ -39,7 +39,7 @@ repro: $(STAMP)
 	$(BIN)/dvc repro
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore=tests/faults $(PYTEST_ARGS)
 
 quick: $(STAMP)
 	$(BIN)/dvc exp run $(QUICK_SET)
@@ -59,6 +59,14 @@ fleet: $(STAMP)
 # (`.venv/bin/uv pip install atheris`; it is not in requirements.lock).
 fuzz: $(STAMP)
 	SEQMNIST_FUZZ_PROFILE=long $(BIN)/python -m pytest tests/fuzz $(PYTEST_ARGS)
+
+# Fault injection (~23 min on 2 cores): kill -9 at FAULT_SEEDS random moments in every stage and
+# every publication step, disk full, bad params.yaml, two runs at once, DVC remote and Prefect
+# server down. Prints one table (tests/faults/conftest.py), also written as JSON.
+FAULT_SEEDS ?= 3
+faults: $(STAMP)
+	SEQMNIST_FAULT_SEEDS=$(FAULT_SEEDS) SEQMNIST_FAULTS_REPORT=$(abspath bench/.cache/faults.json) \
+		$(BIN)/python -m pytest tests/faults -m faults -q -p no:randomly
 
 lint: $(STAMP)
 	$(BIN)/ruff check src flows tests bench
