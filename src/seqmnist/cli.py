@@ -180,6 +180,12 @@ def _command(
     return parser
 
 
+def _add_project(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--project", default=None, help="DVC project folder (default: the one holding the cwd)"
+    )
+
+
 def _stage(
     sub: argparse._SubParsersAction, name: str, handler: Handler, summary: str, details: str
 ) -> argparse.ArgumentParser:
@@ -310,9 +316,7 @@ def _add_versions(sub: argparse._SubParsersAction) -> None:
     )
     versions.add_argument("action", choices=["list", "diff"], nargs="?", default="list")
     versions.add_argument("refs", nargs="*", help="versions (v1.2.0, or a prefix) to diff")
-    versions.add_argument(
-        "--project", default=None, help="DVC project folder (default: the one holding the cwd)"
-    )
+    _add_project(versions)
     versions.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -328,9 +332,7 @@ def _add_flow(sub: argparse._SubParsersAction) -> None:
         f"The flow itself is {FLOW_ENTRYPOINT}, the entrypoint prefect.yaml deploys.",
     )
     flow.add_argument("action", choices=["run", "serve"], help="run once now, or serve")
-    flow.add_argument(
-        "--project", default=None, help="DVC project folder (default: the one holding the cwd)"
-    )
+    _add_project(flow)
     flow.add_argument(
         "--force",
         action="store_true",
@@ -409,9 +411,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="publish the best trial through the pipeline deployment and its quality gate",
     )
-    sweep.add_argument(
-        "--project", default=None, help="DVC project folder (default: the one holding the cwd)"
-    )
+    _add_project(sweep)
     sweep.add_argument("--json", action="store_true", help="print the table as JSON")
 
 
@@ -433,9 +433,7 @@ def _add_fleet(sub: argparse._SubParsersAction) -> None:
     fleet.add_argument(
         "--dir", type=Path, default=Path(".fleet"), help="the fleet's folder (default .fleet)"
     )
-    fleet.add_argument(
-        "--project", default=None, help="DVC project folder (default: the one holding the cwd)"
-    )
+    _add_project(fleet)
 
 
 def build_parser() -> argparse.ArgumentParser:

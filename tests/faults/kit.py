@@ -14,7 +14,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import psutil
 import yaml
 
+from seqmnist.orchestration.fleet import free_port, stop_group
 from support.project import BIN_DIR, make_project, run
 
 SEEDS_ENV = "SEQMNIST_FAULT_SEEDS"
@@ -156,16 +156,7 @@ class Started:
 
     def stop(self) -> None:
         """Stop the group however the test ended (SIGTERM, then SIGKILL)."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.process.wait(timeout=STOP_GRACE_S)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self.process)
 
 
 def start(cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None) -> Started:
@@ -460,12 +451,6 @@ def loose_ref(git_dir: Path, ref: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- network services
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -8,21 +8,17 @@ starts is stopped at the end, passed or failed.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import yaml
 
+from seqmnist.orchestration.fleet import background, free_port
 from seqmnist.registry import tags
 from support.prefect_fixtures import make_toy_project
 from support.project import BIN_DIR, PROJECT_ROOT, run
@@ -41,7 +37,6 @@ FLOW_NAME = "seqmnist-pipeline"
 SERVER_START_TIMEOUT_S = 120
 DEPLOYMENT_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 300
-STOP_TIMEOUT_S = 15
 POLL_S = 1.0
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -52,34 +47,6 @@ class Server:
     url: str
     env: dict[str, str]
     logs: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def background(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[Any]:
-    """Start `cmd` in its own process group; always stop the whole group on exit."""
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            yield process
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(process.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    process.wait(timeout=STOP_TIMEOUT_S)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
 
 
 def wait_for(what: str, check, timeout_s: float, log: Path, process=None):

@@ -15,7 +15,7 @@ from seqmnist.modeling.fused_lstm import FusedLSTM
 from seqmnist.modeling.model import build_model
 from seqmnist.modeling.training import Backend, new_training_model, resolve_backend
 from seqmnist.stages import train
-from support.tiny_data import FEATURES, TIME_STEPS, write_processed
+from support.tiny_data import FEATURES, TIME_STEPS, train_on_tiny_data, write_processed
 
 FAKE_GPU = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
 LSTM = ModelParams(cell="lstm", units=8, input_projection=6)
@@ -117,19 +117,9 @@ def test_auto_trains_our_kernel_on_cpu_and_keras_rolled_lstm_when_a_gpu_is_visib
         return built[-1]
 
     monkeypatch.setattr(train, "new_training_model", recording)
-    params = TrainParams.model_validate(
-        {"epochs": 1, "warmup_epochs": 0, "batch_size": 50, "model": LSTM.model_dump()}
-    )
     caplog.set_level(logging.INFO, logger="seqmnist")
-    info = train.run(
-        params,
-        processed_dir=processed,
-        model_path=tmp_path / "model.keras",
-        info_path=tmp_path / "model_info.json",
-        live_dir=tmp_path / "live",
-        checkpoint_dir=tmp_path / "checkpoints",
-        stats_path=tmp_path / "none.json",
-        progress=False,
+    info = train_on_tiny_data(
+        tmp_path, processed, epochs=1, warmup_epochs=0, batch_size=50, model=LSTM.model_dump()
     )
 
     (model,) = built
