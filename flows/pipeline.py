@@ -18,6 +18,7 @@ from prefect.states import Completed, Failed, State
 from prefect.tasks import exponential_backoff
 
 from seqmnist import environment
+from seqmnist.errors import SeqmnistError, StageFailed
 from seqmnist.orchestration import dvc, runner, sweep
 from seqmnist.orchestration.lock import workspace_lock
 from seqmnist.registry import history, publish, render, versions
@@ -36,10 +37,17 @@ VERSIONS_TABLE_KEY = "seqmnist-versions"
 VERSION_DIFF_KEY = "seqmnist-version-diff"
 
 
+def _worth_retrying(_task, _run, state: State) -> bool:
+    """A stage that failed on a bad input (params, data: exit 2) would fail the same way again."""
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, StageFailed) or error.retryable
+
+
 @task(
     name="dvc-repro",
     task_run_name="{stage}",
     retries=STAGE_RETRIES,
+    retry_condition_fn=_worth_retrying,
     retry_delay_seconds=exponential_backoff(backoff_factor=STAGE_RETRY_BACKOFF_S),
     retry_jitter_factor=RETRY_JITTER_FACTOR,
     cache_policy=NO_CACHE,
@@ -103,30 +111,27 @@ def report(project_dir: str, outcome: publish.Publication) -> None:
     )
 
 
-@flow(name="seqmnist-pipeline", retries=0)
-def seqmnist_pipeline(
-    project_dir: str | None = None,
-    force: bool = False,
-    stages: list[str] | None = None,
-    set_params: list[str] | None = None,
-    stage_timeout_s: float = STAGE_TIMEOUT_S,
-    experiment: str | None = None,
-) -> State:
-    """Pull, run the stages in DVC's order, push the data, then commit, tag and gate the version.
-
-    `experiment`: a trial a sweep pushed (`dvc exp push`); it is applied first, so its stages
-    are up to date and it is published without training it again.
-    """
+def run_stages_and_publish(
+    root: Path,
+    force: bool,
+    stages: list[str] | None,
+    set_params: list[str],
+    stage_timeout_s: float,
+    experiment: str | None,
+) -> publish.Publication:
+    """The flow's body, under the workspace lock: what a killed run left is stopped first."""
     logger = get_run_logger()
-    root = dvc.find_project_root(project_dir)
     with workspace_lock(root):
+        left = runner.stop_left_behind(root)
+        if left:
+            logger.warning("stopped what a killed run left running: %s", left)
         remote = dvc.default_remote(root)
         if remote:
             dvc_sync(str(root), "pull")
         if experiment:
             git_remote = publish.load_publish_params(root).git_remote
             sweep.apply_experiment(root, git_remote, experiment)
-        dvc.apply_param_overrides(root, set_params or [])
+        dvc.apply_param_overrides(root, set_params)
         order = dvc.stage_order(root, stages)
         stale = set(dvc.stale_stages(root))
         logger.info(
@@ -141,6 +146,31 @@ def seqmnist_pipeline(
             dvc_sync(str(root), "push")  # the data first: no commit or tag may name missing data
         outcome = publish_version(str(root), remote)
         report(str(root), outcome)
+    return outcome
+
+
+@flow(name="seqmnist-pipeline", retries=0)
+def seqmnist_pipeline(
+    project_dir: str | None = None,
+    force: bool = False,
+    stages: list[str] | None = None,
+    set_params: list[str] | None = None,
+    stage_timeout_s: float = STAGE_TIMEOUT_S,
+    experiment: str | None = None,
+) -> State:
+    """Pull, run the stages in DVC's order, push the data, then commit, tag and gate the version.
+
+    `experiment`: a trial a sweep pushed (`dvc exp push`); it is applied first, so its stages
+    are up to date and it is published without training it again.
+    """
+    root = dvc.find_project_root(project_dir)
+    try:
+        outcome = run_stages_and_publish(
+            root, force, stages, set_params or [], stage_timeout_s, experiment
+        )
+    except SeqmnistError as error:  # it names what to fix: one message, not a traceback
+        get_run_logger().error("%s", error)
+        return Failed(message=str(error))
     if outcome.decision.blocked:
         return Failed(message=outcome.summary, name="NotPromoted", data=outcome.record)
     return Completed(message=outcome.summary, data=outcome.record)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from seqmnist import __version__, environment, logs
 from seqmnist.constants import PREDICT_BATCH_SIZE
-from seqmnist.errors import MissingExtraError, SeqmnistError
+from seqmnist.errors import BAD_INPUT_EXIT_CODE, MissingExtraError, SeqmnistError
 from seqmnist.paths import FLOW_ENTRYPOINT, ONNX_MODEL, PARAMS_FILE, SWEEP_ENTRYPOINT
 
 MIRROR_ENV = "SEQMNIST_MIRROR"
@@ -483,7 +483,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(exc, ModuleNotFoundError):
                 raise
         print(f"seqmnist {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return BAD_INPUT_EXIT_CODE
+    except OSError as exc:  # the system refused something seqmnist did not wrap: say what
+        print(f"seqmnist {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("seqmnist: interrupted", file=sys.stderr)
         return 130

@@ -63,6 +63,8 @@ class TrainParams(_Frozen):
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 256
     augment_max_shift: Annotated[int, Field(ge=0, le=8)] = 2
+    augment_max_degrees: Annotated[float, Field(ge=0, le=45)] = 0.0
+    augment_max_scale: Annotated[float, Field(ge=0, le=0.5)] = 0.0
     learning_rate: PositiveFloat = 0.002
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_epochs: Annotated[int, Field(ge=0)] = 1

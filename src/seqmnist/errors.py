@@ -5,6 +5,9 @@ knows what to fix.
 """
 
 LOG_TAIL_LINES = 40
+# What `seqmnist` exits with on a SeqmnistError: a bad input or environment, which running the
+# same command again cannot mend (the flow does not retry such a stage).
+BAD_INPUT_EXIT_CODE = 2
 
 
 class SeqmnistError(Exception):
@@ -43,6 +46,10 @@ class KernelBuildError(SeqmnistError):
     """The C++ LSTM kernel could not be compiled or loaded."""
 
 
+class OutputWriteError(SeqmnistError):
+    """An output could not be written (disk full, permissions); the previous one is kept."""
+
+
 class ExportError(SeqmnistError):
     """The ONNX export cannot be trusted (wrong ops, parity with Keras broken)."""
 
@@ -68,6 +75,11 @@ class StageFailed(OrchestrationError):
             f"stage {stage!r} failed: its command {outcome}\n"
             f"--- last {LOG_TAIL_LINES} lines of its log ---\n{log_tail}"
         )
+
+    @property
+    def retryable(self) -> bool:
+        """Worth running again: not when the stage itself reported a bad input."""
+        return self.timed_out or self.returncode != BAD_INPUT_EXIT_CODE
 
     def __reduce__(self):
         """Prefect stores failed states' exceptions; keep this one picklable."""

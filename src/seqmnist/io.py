@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -14,12 +15,70 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from seqmnist.errors import OutputWriteError
+
 FILE_MODE = 0o666
 RENAME_EXCHANGE = 2  # renameat2(2) flag, linux/fs.h: swap two paths in one step
 AT_FDCWD = -100
 HASH_CHUNK = 1 << 20
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+# Temps are named `.<target name>.<writer pid>.<random>.tmp...`: a write killed mid-way leaves
+# its temp, and the next write of the same target removes those whose writer is gone.
+TEMP_OWNER = r"\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}\.tmp"
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def sweep_orphaned_temps(target: Path) -> list[Path]:
+    """Remove the temps that killed writes of `target` left beside it; return what went."""
+    owned = re.compile(re.escape(f".{target.name}") + TEMP_OWNER)
+    removed = []
+    with os.scandir(target.parent) as entries:
+        for entry in entries:
+            found = owned.match(entry.name)
+            if found and not _alive(int(found["pid"])):
+                path = Path(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+@contextmanager
+def _naming_the_target(target: Path) -> Iterator[None]:
+    """An OSError while an output is written (disk full, permissions) becomes one message that
+    names the output; the caller's temp cleanup has already run."""
+    try:
+        yield
+    except OSError as error:
+        hint = (
+            f"; free space on the file system holding {target.parent}"
+            if error.errno == errno.ENOSPC
+            else ""
+        )
+        raise OutputWriteError(
+            f"cannot write {target}: {error}{hint}; the previous {target.name} is kept"
+        ) from error
+
+
+def _prepare(target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_orphaned_temps(target)
 
 
 @contextmanager
@@ -29,17 +88,20 @@ def atomic_path(target: Path) -> Iterator[Path]:
     The temp name keeps the target's suffixes (".keras", ".weights.h5"): some writers check them.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".tmp" + "".join(target.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.fchmod(fd, FILE_MODE & ~_UMASK)  # mkstemp makes files private; outputs are for sharing
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _naming_the_target(target):
+        _prepare(target)
+        suffix = ".tmp" + "".join(target.suffixes)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=_temp_prefix(target), suffix=suffix, dir=target.parent
+        )
+        os.fchmod(fd, FILE_MODE & ~_UMASK)  # mkstemp makes files private; outputs are for sharing
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            yield tmp
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def _exchange(first: Path, second: Path) -> bool:
@@ -66,26 +128,29 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     leaves one of the two in place (two renames leave a moment with neither).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    holder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        staging = holder / target.name
-        staging.mkdir()  # usual permissions, unlike the owner-only holder
-        yield staging
-        if target.exists() and _exchange(staging, target):
-            return  # `staging` now holds the old folder, removed with the holder
-        previous = holder / "previous"
-        had_previous = target.exists()
-        if had_previous:
-            os.replace(target, previous)
+    with _naming_the_target(target):
+        _prepare(target)
+        holder = Path(
+            tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
+        )
         try:
-            os.replace(staging, target)
-        except OSError:
-            if had_previous:  # else there is nothing to put back, and the error is the rename's
-                os.replace(previous, target)
-            raise
-    finally:
-        shutil.rmtree(holder, ignore_errors=True)
+            staging = holder / target.name
+            staging.mkdir()  # usual permissions, unlike the owner-only holder
+            yield staging
+            if target.exists() and _exchange(staging, target):
+                return  # `staging` now holds the old folder, removed with the holder
+            previous = holder / "previous"
+            had_previous = target.exists()
+            if had_previous:
+                os.replace(target, previous)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                if had_previous:  # else nothing to put back, and the error is the rename's
+                    os.replace(previous, target)
+                raise
+        finally:
+            shutil.rmtree(holder, ignore_errors=True)
 
 
 @contextmanager

@@ -41,10 +41,6 @@ WRITE_TEMPS = {
     # so its creation is the moment the final save begins.
     "train-model": ("models", "keras"),
 }
-# Known bug (see the report): an atomic write killed mid-way leaves its temp file or folder
-# beside the target forever; DVC cleans only inside its outputs, and only discard_checkpoint
-# sweeps its own leftovers.
-LEFTOVER_BUG = "B1: atomic_path/atomic_dir temps of a killed write are never swept"
 
 
 @dataclass
@@ -188,8 +184,7 @@ def check_recovery(
     assert "Running stage" not in rest.stdout, f"the rerun changed outputs:\n{rest.stdout}"
     if rerun_says:
         assert rerun_says in said, said[-3000:]
-    if left:
-        pytest.xfail(f"{LEFTOVER_BUG}: {left}")
+    assert not left, f"temps of killed writes left after the rerun: {left}"
 
 
 def _pattern(path: str) -> str:

@@ -6,6 +6,7 @@ back. A Prefect task timeout cannot interrupt a blocking wait, so the limit live
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -35,6 +36,11 @@ DVC_GIT_HINTS = re.compile(
     r"^(To track the changes with git|To enable auto staging|Use `dvc push` to send"
     r"|\s+git add |\s+dvc config core\.autostage)"
 )
+
+# The process group of the `dvc` command a flow is running, recorded in the workspace: a flow
+# killed with -9 cannot stop that group itself (it runs in a session of its own, so a timeout can
+# kill it whole), so the next flow run there does (stop_left_behind).
+CHILD_GROUP_FILE = Path(".dvc/tmp/seqmnist-child.json")
 
 LineSink = Callable[[str], None]
 
@@ -73,42 +79,99 @@ def _group_exists(group: int) -> bool:
         os.killpg(group, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:
+        return True
     return True
 
 
-def _group_exited(process: subprocess.Popen[str], within_s: float) -> bool:
-    """Whether every process of the command's group is gone within `within_s` (the command
-    leads the group: start_new_session)."""
+def _group_exited(group: int, within_s: float, reap: Callable[[], object]) -> bool:
+    """Whether every process of `group` is gone within `within_s`; `reap` collects the leader's
+    exit status if it is our child (its zombie would keep the group alive)."""
     deadline = time.monotonic() + within_s
     while True:
-        process.poll()  # reap the command itself: its zombie would keep the group alive
-        if not _group_exists(process.pid):
+        reap()
+        if not _group_exists(group):
             return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(KILL_POLL_S)
 
 
-def _kill_group(process: subprocess.Popen[str]) -> None:
-    """Stop the command and everything it started (dvc runs the stage as a grandchild).
+def _stop_group(group: int, reap: Callable[[], object] = lambda: None) -> None:
+    """Stop a command and everything it started (dvc runs the stage as a grandchild).
 
     SIGTERM to the whole process group; whatever of it is still there after KILL_GRACE_S gets
-    SIGKILL, even once the command itself has exited: a stage's own children may ignore SIGTERM.
+    SIGKILL, even once the leader has exited: a stage's own children may ignore SIGTERM.
     """
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    if not _group_exited(process, KILL_GRACE_S):
+        os.killpg(group, signal.SIGTERM)
+    if not _group_exited(group, KILL_GRACE_S, reap):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(group, signal.SIGKILL)
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    """Stop the command (the leader of its group: start_new_session) and all it started."""
+    _stop_group(process.pid, process.poll)
     process.wait()
 
 
+def _start_ticks(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot, /proc/<pid>/stat): tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+def _record_group(root: Path, process: subprocess.Popen[str], cmd: Sequence[str]) -> Path:
+    from seqmnist.io import write_json
+
+    path = root / CHILD_GROUP_FILE
+    record = {"pgid": process.pid, "started": _start_ticks(process.pid), "command": list(cmd)}
+    write_json(path, record)
+    return path
+
+
+def stop_left_behind(root: Path) -> str | None:
+    """Stop the command a killed flow run left running in `root`; say what was stopped.
+
+    Call it holding the workspace lock (lock.workspace_lock): the run that recorded the group is
+    then known to be dead. A group whose leader is gone is still that command's (Linux never
+    hands out a pid that is in use as a process group id); a leader with another start time is
+    a reused pid, left alone.
+    """
+    path = root / CHILD_GROUP_FILE
+    try:
+        record = json.loads(path.read_text())
+        group, started = int(record["pgid"]), record.get("started")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError):
+        path.unlink(missing_ok=True)  # unreadable: nothing can be identified by it
+        return None
+    stopped = None
+    leader_started = _start_ticks(group)
+    if _group_exists(group) and leader_started in {None, started}:
+        _stop_group(group)
+        stopped = f"process group {group} ({' '.join(record.get('command', []))})"
+    path.unlink(missing_ok=True)
+    return stopped
+
+
 def run_command(
-    cmd: Sequence[str], cwd: Path, timeout_s: float, on_line: LineSink | None = None
+    cmd: Sequence[str],
+    cwd: Path,
+    timeout_s: float,
+    on_line: LineSink | None = None,
+    record_group: bool = False,
 ) -> CommandResult:
     """Run `cmd`, streaming its lines to `on_line`; kill its whole process group on timeout.
 
     A Prefect task timeout cannot interrupt a blocking wait, so the limit lives here.
+    `record_group`: note the group in `cwd`'s CHILD_GROUP_FILE while it runs (see
+    stop_left_behind); for commands run in a DVC project under the flow's workspace lock.
     """
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     ran_stage = False
@@ -138,7 +201,9 @@ def run_command(
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     timed_out = False
+    record = None
     try:
+        record = _record_group(cwd, process, cmd) if record_group else None
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
@@ -146,6 +211,9 @@ def run_command(
     except BaseException:
         _kill_group(process)
         raise
+    finally:
+        if record is not None:
+            record.unlink(missing_ok=True)
     reader.join(timeout=KILL_GRACE_S)
     return CommandResult(
         returncode=None if timed_out else process.returncode,
@@ -181,7 +249,7 @@ def run_stage(
     on_line: LineSink | None = None,
 ) -> StageResult:
     """Reproduce one stage through DVC; raise StageFailed (exit code + log tail) if it fails."""
-    result = run_command(repro_command(stage, force), root, timeout_s, on_line)
+    result = run_command(repro_command(stage, force), root, timeout_s, on_line, record_group=True)
     if result.timed_out or result.returncode != 0:
         returncode = stage_exit_code(result.log_tail) or result.returncode
         raise StageFailed(stage, returncode, result.log_tail, result.timed_out)
@@ -197,7 +265,7 @@ def sync_with_remote(
     if direction not in {"pull", "push"}:
         raise ValueError(f"direction must be 'pull' or 'push', not {direction!r}")
     cmd = dvc("pull", "--allow-missing") if direction == "pull" else dvc("push")
-    result = run_command(cmd, root, timeout_s)
+    result = run_command(cmd, root, timeout_s, record_group=True)
     if result.timed_out or result.returncode != 0:
         outcome = "timed out" if result.timed_out else f"exited with code {result.returncode}"
         raise OrchestrationError(

@@ -21,6 +21,7 @@ from seqmnist.config import TrainParams
 from seqmnist.constants import NUM_CLASSES
 from seqmnist.data.dataset import load_split
 from seqmnist.io import atomic_path, write_json
+from seqmnist.modeling.augment import rotate_and_scale
 from seqmnist.modeling.checkpoints import (
     CHECKPOINT_BEST,
     CHECKPOINT_MODEL,
@@ -116,12 +117,15 @@ def _start_or_resume(
 
 
 def _fit_epoch(model, params: TrainParams, splits: Splits, epoch: int, val_data, bar) -> dict:
-    """One epoch: its own shuffle and shifts, then validation; the epoch's metrics."""
+    """One epoch: its own shuffle and distortions, then validation; the epoch's metrics."""
     from seqmnist.modeling.averaging import ValidateAveraged
 
     order = epoch_order(len(splits.x_train), params.seed, epoch)
     augment_rng = np.random.default_rng([params.seed, epoch, AUGMENT_STREAM])
     x_epoch = shift_images(splits.x_train[order], params.augment_max_shift, augment_rng)
+    x_epoch = rotate_and_scale(
+        x_epoch, params.augment_max_degrees, params.augment_max_scale, augment_rng
+    )
     started = time.perf_counter()
     history = model.fit(
         batches(x_epoch, splits.y_train[order], params.batch_size),

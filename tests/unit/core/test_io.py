@@ -1,14 +1,19 @@
-"""seqmnist.io.atomic_dir: a folder is replaced in one step, so no moment leaves neither the old
-nor the new one (a kill between two renames used to leave no checkpoint at all)."""
+"""seqmnist.io: a folder is replaced in one step, so no moment leaves neither the old nor the new
+one (a kill between two renames used to leave no checkpoint at all); killed writes' temps are
+swept; a write the system refuses is one error naming the output."""
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from seqmnist import io
+from seqmnist.errors import OutputWriteError
 
 
 def fill(folder: Path, text: str) -> None:
@@ -42,3 +47,52 @@ def test_first_run_and_fallback_give_the_same_result(
             fill(staging, text)
         assert (target / "file.txt").read_text() == text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], text=True,
+                          capture_output=True, check=True)  # fmt: skip
+    return int(done.stdout)
+
+
+@pytest.mark.parametrize("writer", ["atomic_path", "atomic_dir"])
+def test_temps_of_killed_writes_are_swept_by_the_next_write(tmp_path: Path, writer: str) -> None:
+    """A write killed mid-way leaves its temp (B1 of the fault suite); the next write of that
+    target removes it, but never the temp of a writer still running, nor another target's."""
+    target = tmp_path / "out.npy"
+    dead, alive = dead_pid(), os.getppid()
+    orphan_file = tmp_path / f".out.npy.{dead}.abcd1234.tmp.npy"
+    orphan_dir = tmp_path / f".out.npy.{dead}.efgh5678.tmp"
+    in_progress = tmp_path / f".out.npy.{alive}.ijkl9012.tmp.npy"
+    other_target = tmp_path / f".other.npy.{dead}.mnop3456.tmp.npy"
+    for path in (orphan_file, in_progress, other_target):
+        path.write_bytes(b"half")
+    (orphan_dir / "out.npy").mkdir(parents=True)
+    if writer == "atomic_path":
+        with io.atomic_path(target) as tmp:
+            assert tmp.name.startswith(f".out.npy.{os.getpid()}.")
+            tmp.write_bytes(b"whole")
+    else:
+        with io.atomic_dir(target) as staging:
+            fill(staging, "whole")
+    assert not orphan_file.exists() and not orphan_dir.exists()
+    assert in_progress.exists() and other_target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out.npy", in_progress.name, other_target.name]
+    )
+
+
+@pytest.mark.parametrize("writer", ["atomic_path", "atomic_dir"])
+def test_a_full_disk_is_one_error_naming_the_output(tmp_path: Path, writer: str) -> None:
+    target = tmp_path / "models" / "model.onnx"
+    target.parent.mkdir()
+    target.write_bytes(b"previous")
+    opened = io.atomic_path(target) if writer == "atomic_path" else io.atomic_dir(target)
+    with pytest.raises(OutputWriteError) as caught, opened:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    message = str(caught.value)
+    assert str(target) in message and "No space left on device" in message
+    assert f"free space on the file system holding {target.parent}" in message
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.onnx"]
+    assert target.read_bytes() == b"previous"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
+import subprocess
 import sys
 import textwrap
 import time
@@ -149,3 +151,75 @@ def test_stage_timeout_kills_what_dvc_started(
     for pid in survivors:  # do not leave them to the machine
         os.kill(pid, 9)
     assert survivors == [], "stage processes survived the timeout"
+
+
+@pytest.mark.parametrize(
+    ("returncode", "timed_out", "retried"),
+    [(2, False, False), (1, False, True), (None, True, True)],
+    ids=["bad input", "stage error", "timeout"],
+)
+def test_stage_failing_on_bad_input_is_not_retried(
+    returncode: int | None, timed_out: bool, retried: bool
+) -> None:
+    """Exit 2 is seqmnist's bad input (params.yaml, data): the same run would fail again, so
+    Prefect's engine schedules no retry; other failures keep the policy above."""
+    from prefect.task_engine import SyncTaskRunEngine
+
+    engine = SyncTaskRunEngine(task=load_pipeline().repro_stage)
+    engine.task_run = object()
+    engine.logger = logging.getLogger("seqmnist.tests.retry_policy")
+    engine.set_state = lambda state, force=False: None
+    assert engine.handle_retry(StageFailed("download", returncode, "log", timed_out)) is retried
+
+
+LEFT_RUNNING = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from seqmnist.orchestration import runner
+
+    runner.run_command([sys.executable, "-c", "import time; time.sleep(600)"], Path(sys.argv[1]),
+                       600, record_group=True)
+    """
+)
+
+
+def _wait_for(condition, what: str, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {within_s} s"
+        time.sleep(0.05)
+
+
+def test_the_next_run_stops_what_a_killed_run_left_running(tmp_path: Path) -> None:
+    """kill -9 of a flow leaves its command running in a session of its own (B4 of the fault
+    suite); the recorded group lets the next run in the workspace stop it."""
+    record = tmp_path / runner.CHILD_GROUP_FILE
+    flow = subprocess.Popen([sys.executable, "-c", LEFT_RUNNING, str(tmp_path)])
+    _wait_for(record.is_file, "the command's group recorded")
+    group = json.loads(record.read_text())["pgid"]
+    flow.kill()
+    flow.wait()
+    assert _alive(group), "the command died with the flow: nothing to test"
+    stopped = runner.stop_left_behind(tmp_path)
+    assert stopped and str(group) in stopped and "time.sleep(600)" in stopped
+    _wait_for(lambda: not _alive(group), "the left command stopped", EXIT_WAIT_S)
+    assert not record.exists()
+    assert runner.stop_left_behind(tmp_path) is None
+
+
+def test_a_reused_pid_is_left_alone(tmp_path: Path) -> None:
+    """A record whose pid now belongs to a process started later names another process."""
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+    )
+    try:
+        record = tmp_path / runner.CHILD_GROUP_FILE
+        record.parent.mkdir(parents=True)
+        stale = {"pgid": other.pid, "started": 1, "command": ["dvc", "repro"]}
+        record.write_text(json.dumps(stale))
+        assert runner.stop_left_behind(tmp_path) is None
+        assert _alive(other.pid) and not record.exists()
+    finally:
+        other.kill()
+        other.wait()

@@ -1,0 +1,75 @@
+"""Rotation and scaling augmentation: right geometry, label-preserving, reproducible, and off
+without a trace when its limits are 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from seqmnist.modeling.augment import rotate_and_scale
+
+
+class Fixed:
+    """An rng whose uniform draws are always the upper limit: one chosen angle and scale."""
+
+    def uniform(self, low, high, size):
+        return np.full(size, high, dtype=np.float64)
+
+
+def bar_image() -> np.ndarray:
+    """A vertical bar through the centre of a 28 x 28 frame, [1, 28, 28]."""
+    image = np.zeros((1, 28, 28), np.float32)
+    image[0, 4:24, 13:15] = 1.0
+    return image
+
+
+def test_off_returns_the_input_and_draws_nothing() -> None:
+    images = bar_image()
+    rng = np.random.default_rng(3)
+    state = rng.bit_generator.state
+    assert rotate_and_scale(images, 0, 0, rng) is images
+    assert rng.bit_generator.state == state
+
+
+def test_a_quarter_turn_is_numpys_rotation() -> None:
+    images = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
+    turned = rotate_and_scale(images, 90, 0, Fixed())
+    # A positive angle turns the content one way; either way it must be an exact quarter turn.
+    clockwise = np.rot90(images, -1, axes=(1, 2))
+    counter = np.rot90(images, 1, axes=(1, 2))
+    errors = (np.abs(turned - clockwise).max(), np.abs(turned - counter).max())
+    assert min(errors) < 1e-5 < max(errors), errors
+
+
+def test_scaling_up_by_half_spreads_the_bar_about_the_centre() -> None:
+    grown = rotate_and_scale(bar_image(), 0, 0.5, Fixed())[0]  # scale 1.5
+    rows = np.flatnonzero(grown.max(axis=1) > 0.5)
+    columns = np.flatnonzero(grown.max(axis=0) > 0.5)
+    assert rows.min() < 4 and rows.max() > 23  # 20 rows -> about 30, clipped by the frame
+    assert columns.min() >= 12 and columns.max() <= 15  # still centred, about 3 wide
+    assert abs(grown.sum() / bar_image().sum() - 1.5 * 1.5) < 0.5  # area of the part in frame
+
+
+def test_small_distortions_keep_the_ink_and_are_reproducible() -> None:
+    images = np.repeat(bar_image(), 64, axis=0)
+    first = rotate_and_scale(images, 10, 0.1, np.random.default_rng(7))
+    again = rotate_and_scale(images, 10, 0.1, np.random.default_rng(7))
+    other = rotate_and_scale(images, 10, 0.1, np.random.default_rng(8))
+    assert first.dtype == np.float32 and first.shape == images.shape
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    ink = first.sum(axis=(1, 2)) / images[0].sum()
+    assert ink.min() > 0.75 and ink.max() < 1.25  # scale^2 within [0.81, 1.21], plus rounding
+    assert len({image.tobytes() for image in first}) == len(first)  # each image drawn anew
+
+
+@pytest.mark.parametrize("degrees", [-15.0, 15.0])
+def test_rotation_is_about_the_centre(degrees: float) -> None:
+    class Angle:
+        def uniform(self, low, high, size):
+            return np.full(size, degrees if (low, high) != (1.0, 1.0) else 1.0)
+
+    turned = rotate_and_scale(bar_image(), abs(degrees), 0, Angle())[0]
+    rows, columns = np.nonzero(turned)
+    weights = turned[rows, columns]
+    centre = (np.average(rows, weights=weights), np.average(columns, weights=weights))
+    assert np.allclose(centre, (13.5, 13.5), atol=0.1), centre
