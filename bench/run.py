@@ -71,16 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_json()
     params = load_params().train
     flops = model_flops(params.model, TIME_STEPS, FEATURES)
+    executed_by = training.executed_flops(params)
     peak = float(machine["peak_gflops"])
     print(f"bench ({mode}): {', '.join(selected)} on {machine['cpu_model']}", flush=True)
 
     sections: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="seqmnist-bench-") as tmp:
         work: dict[str, Callable[[], object]] = {
-            "flops": flops.to_json,
+            "flops": lambda: flops.to_json(executed_by),
             "accuracy": lambda: accuracy.run(PROJECT_ROOT, params.max_train_samples),
             "training": lambda: training.run(
-                params, training.QUICK if args.quick else training.FULL, flops, peak
+                params, training.QUICK if args.quick else training.FULL, flops, executed_by, peak
             ),
             "inference": lambda: bench_inference.run(
                 bench_inference.resolve_models(

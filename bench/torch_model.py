@@ -1,8 +1,9 @@
-"""The default architecture written in PyTorch, as the reference for our Keras training and ONNX.
+"""The params.yaml architecture in PyTorch, as the reference for our Keras training and ONNX.
 
-Linear projection per step -> nn.LSTM(batch_first) -> dropout -> Linear on the last step, trained
-with Adam and cross-entropy, averaging the weights when ours does: the same layers, sizes, batch
-and per-step work as modeling.model.build_model and modeling.training.compile_model. torch is a
+Optional Linear projection per step -> nn.LSTM / nn.GRU / nn.RNN (batch_first; layers, direction
+and dropout between layers as configured) -> dropout -> Linear on the last step, trained with
+Adam and cross-entropy, averaging the weights when ours does: the same layers, sizes, batch and
+per-step work as modeling.model.build_model and modeling.training.compile_model. torch is a
 bench-only dependency (`pip install -e '.[bench]'`); import this module only after checking
 `available()`.
 """
@@ -19,6 +20,15 @@ from seqmnist.config import ModelParams
 
 ONNX_OPSET = 17
 TORCH_INSTALL_HINT = "pip install torch==2.13.0 (or `make bench`, which installs the bench extra)"
+RECURRENT_MODULES = {"lstm": "LSTM", "gru": "GRU", "simple_rnn": "RNN"}
+# Keras's LSTM and SimpleRNN add one bias per gate, PyTorch's two (b_ih + b_hh); Keras's GRU
+# (reset_after=True, its default) has both, like PyTorch's. For the first two, b_hh stays zero
+# and untrained, so the trainable parameters are Keras's.
+ONE_BIAS_CELLS = frozenset({"lstm", "simple_rnn"})
+# nn.LSTM on CPU runs oneDNN's RNN, whose backward (MkldnnRnnLayerBackward) returns the input
+# gradient whether or not the input needs one: a data-fed LSTM's backward took no less time with
+# rows that need no gradient (torch 2.13, 2 cores). Autograd skips it for Linear, GRU and RNN.
+INPUT_GRADIENT_ALWAYS = frozenset({"lstm"})
 
 
 def available() -> bool:
@@ -31,42 +41,78 @@ def _torch():
     return torch
 
 
-def build(params: ModelParams, features: int, num_classes: int = 10, fused: bool = False):
-    """nn.Module for the default cell (LSTM, one layer, unidirectional, with projection).
+def data_input_gradient(params: ModelParams) -> bool:
+    """Whether PyTorch's backward also computes the gradient of the rows (for bench/flops.py)."""
+    return not params.input_projection and params.cell in INPUT_GRADIENT_ALWAYS
 
-    fused=True folds the projection into the LSTM's input weights (W_ih @ P, b_ih + W_ih @ b_P):
-    the same function with 2*T*4H*F instead of 2*T*(F*P + 4H*P) input FLOPs per sample.
+
+def _recurrent(params: ModelParams, input_size: int):
+    """nn.LSTM / GRU / RNN for all layers, with Keras's dropout between them and its biases."""
+    torch = _torch()
+    module = getattr(torch.nn, RECURRENT_MODULES[params.cell])(
+        input_size,
+        params.units,
+        num_layers=params.layers,
+        batch_first=True,
+        bidirectional=params.bidirectional,
+        dropout=params.dropout if params.layers > 1 else 0.0,  # after every layer but the last
+    )
+    if params.cell in ONE_BIAS_CELLS:
+        for name, parameter in module.named_parameters():
+            if name.startswith("bias_hh"):
+                torch.nn.init.zeros_(parameter)
+                parameter.requires_grad_(False)
+    return module
+
+
+def _last_step(sequence, units: int, bidirectional: bool):
+    """Keras's return_sequences=False: the forward direction after the last step and, when
+    bidirectional, the backward one after step 0 (its own last), concatenated in that order."""
+    if not bidirectional:
+        return sequence[:, -1]
+    return _torch().cat((sequence[:, -1, :units], sequence[:, 0, units:]), dim=1)
+
+
+def build(params: ModelParams, features: int, num_classes: int = 10, fused: bool = False):
+    """nn.Module of the configured architecture (what modeling.model.build_model builds).
+
+    fused=True folds the projection into the first layer's input weights (W_ih @ P,
+    b_ih + W_ih @ b_P, per direction): the same function, with products over F features
+    instead of P and no projection.
     """
     torch = _torch()
     nn = torch.nn
-    if params.cell != "lstm" or params.layers != 1 or params.bidirectional:
-        raise ValueError("the PyTorch reference covers the default single-layer LSTM only")
     width = params.input_projection or features
+    directions = 2 if params.bidirectional else 1
 
-    class SeqLSTM(nn.Module):
+    class SeqRNN(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.projection = nn.Linear(features, width) if params.input_projection else None
-            self.lstm = nn.LSTM(width, params.units, batch_first=True)
+            self.recurrent = _recurrent(params, width)
             self.dropout = nn.Dropout(params.dropout)
-            self.logits = nn.Linear(params.units, num_classes)
+            self.logits = nn.Linear(directions * params.units, num_classes)
 
         def forward(self, rows):
             hidden = self.projection(rows) if self.projection is not None else rows
-            sequence, _ = self.lstm(hidden)
-            return self.logits(self.dropout(sequence[:, -1]))
+            sequence, _ = self.recurrent(hidden)
+            last = _last_step(sequence, params.units, params.bidirectional)
+            return self.logits(self.dropout(last))
 
-    model = SeqLSTM()
+    model = SeqRNN()
     if not fused or model.projection is None:
         return model
-    folded = nn.LSTM(features, params.units, batch_first=True)
+    folded = _recurrent(params, features)
+    state = model.recurrent.state_dict()
     with torch.no_grad():
-        w_ih = model.lstm.weight_ih_l0
-        folded.weight_ih_l0.copy_(w_ih @ model.projection.weight)
-        folded.bias_ih_l0.copy_(model.lstm.bias_ih_l0 + w_ih @ model.projection.bias)
-        folded.weight_hh_l0.copy_(model.lstm.weight_hh_l0)
-        folded.bias_hh_l0.copy_(model.lstm.bias_hh_l0)
-    model.projection, model.lstm = None, folded
+        for suffix in ("", "_reverse")[:directions]:
+            w_ih = state[f"weight_ih_l0{suffix}"]
+            state[f"weight_ih_l0{suffix}"] = w_ih @ model.projection.weight
+            state[f"bias_ih_l0{suffix}"] = (
+                state[f"bias_ih_l0{suffix}"] + w_ih @ model.projection.bias
+            )
+    folded.load_state_dict(state)
+    model.projection, model.recurrent = None, folded
     return model
 
 
@@ -86,10 +132,11 @@ class Trainer:
         torch.manual_seed(seed)
         self.torch = torch
         self.model = build(params, features)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
+        self.weights = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.weights, lr=learning_rate)
         self.loss = torch.nn.CrossEntropyLoss()
         self.ema_decay = ema_decay
-        self.average = [p.detach().clone() for p in self.model.parameters()] if ema_decay else []
+        self.average = [p.detach().clone() for p in self.weights] if ema_decay else []
 
     def epoch(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
         """Train one pass over (x, y) in order; returns the wall seconds it took."""
@@ -104,7 +151,7 @@ class Trainer:
             self.optimizer.step()
             if self.average:
                 with torch.no_grad():
-                    for average, weight in zip(self.average, self.model.parameters(), strict=True):
+                    for average, weight in zip(self.average, self.weights, strict=True):
                         average.lerp_(weight, 1 - self.ema_decay)
         return time.perf_counter() - start
 

@@ -9,13 +9,14 @@ elsewhere hits both; the first (tracing, allocation) epoch of each is excluded.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 import torch_model
-from flops import ModelFlops
+from flops import Executed, ModelFlops, executed, percent_of_peak
 from seqmnist.config import TrainParams
 from seqmnist.constants import NUM_CLASSES
 from seqmnist.data.dataset import load_split
@@ -25,6 +26,11 @@ from timing import Figure, ratio
 
 TIME_STEPS = 28
 FEATURES = 28
+OURS = {
+    "kernel": "ours (train.py path: Keras + our LSTM kernel)",
+    "keras": "ours (train.py path: Keras's own layers)",
+}
+THEIRS = "PyTorch, same architecture"
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,20 @@ def training_data(samples: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]
     return x, y, "random (no data/processed)"
 
 
+def executed_flops(params: TrainParams) -> dict[str, Executed]:
+    """FLOPs per sample each trainer runs (flops.executed). Ours folds the projection when our
+    kernel trains; neither takes the rows' gradient, but PyTorch's oneDNN LSTM reading them."""
+    from seqmnist.modeling.training import backend_for
+
+    backend = backend_for(params).name
+    count = functools.partial(executed, params.model, TIME_STEPS, FEATURES)
+    theirs_take_rows_gradient = torch_model.data_input_gradient(params.model)
+    return {
+        "keras": count(OURS[backend], folded=backend == "kernel", data_input_gradient=False),
+        "torch": count(THEIRS, folded=False, data_input_gradient=theirs_take_rows_gradient),
+    }
+
+
 class KerasTrainer:
     """Our training stage's code path, one `fit` call per epoch as train.run makes it."""
 
@@ -96,8 +116,15 @@ def _epoch_arrays(
     return shift_images(x[order], params.augment_max_shift, rng), y[order]
 
 
-def run(params: TrainParams, plan: TrainingPlan, flops: ModelFlops, peak_gflops: float) -> dict:
-    """Alternate Keras and PyTorch epochs; samples/s per round, their ratio and GFLOP/s."""
+def run(
+    params: TrainParams,
+    plan: TrainingPlan,
+    flops: ModelFlops,
+    executed_by: dict[str, Executed],
+    peak_gflops: float,
+) -> dict:
+    """Alternate Keras and PyTorch epochs; samples/s per round, their ratio, GFLOP/s of the
+    model as designed and of what each trainer executes (`executed_flops`)."""
     samples = plan.samples_per_round - plan.samples_per_round % params.batch_size
     samples = max(samples, params.batch_size)
     x, y, source = training_data(samples, params.seed)
@@ -138,10 +165,13 @@ def run(params: TrainParams, plan: TrainingPlan, flops: ModelFlops, peak_gflops:
         "rounds": plan.rounds,
         "warmup_rounds_excluded": plan.warmup_rounds,
         "order": "A/B alternating (keras, torch) per round",
-        "keras": _entry(Figure("samples/s", tuple(ours)), flops, peak_gflops),
+        "labels": {key: count.label for key, count in executed_by.items()},
+        "keras": _entry(Figure("samples/s", tuple(ours)), flops, executed_by["keras"], peak_gflops),
     }
     if theirs:
-        result["torch"] = _entry(Figure("samples/s", tuple(theirs)), flops, peak_gflops)
+        result["torch"] = _entry(
+            Figure("samples/s", tuple(theirs)), flops, executed_by["torch"], peak_gflops
+        )
         result["ratio_ours_over_torch"] = ratio(
             Figure("samples/s", tuple(ours)), Figure("samples/s", tuple(theirs))
         )
@@ -151,12 +181,16 @@ def run(params: TrainParams, plan: TrainingPlan, flops: ModelFlops, peak_gflops:
     return result
 
 
-def _entry(figure: Figure, flops: ModelFlops, peak_gflops: float) -> dict:
+def _entry(figure: Figure, flops: ModelFlops, count: Executed, peak_gflops: float) -> dict:
     gflops = figure.scaled(flops.training / 1e9, "GFLOP/s")
+    executed_gflops = figure.scaled(count.training / 1e9, "GFLOP/s")
     return {
         "samples_per_s": figure.to_json(),
         "gflops": gflops.to_json(),
-        "percent_of_peak": 100 * gflops.median / peak_gflops if peak_gflops else None,
+        "percent_of_peak": percent_of_peak(gflops.median, peak_gflops),
+        "executed_flops_per_sample": count.training,
+        "executed_gflops": executed_gflops.to_json(),
+        "executed_percent_of_peak": percent_of_peak(executed_gflops.median, peak_gflops),
     }
 
 

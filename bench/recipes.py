@@ -1,0 +1,167 @@
+"""Recipe candidates for accuracy: the full pipeline on the full data with a few params changed,
+chosen by validation loss alone (test accuracy is reported, never used to choose).
+
+A clone of the project's committed HEAD runs the candidates one at a time, with the clone's src/
+first on PYTHONPATH (edits made in the workspace meanwhile do not leak in) and the workspace's DVC
+cache (download and preprocess run once). Each run is `dvc repro` after the overrides are
+written to params.yaml, timed from train to export; results accumulate in bench/recipes.json
+(one entry per candidate and seed; a rerun replaces its entry) and print as bench/README.md's
+table. Run it on a quiet machine, one run at a time:
+
+    .venv/bin/python bench/recipes.py --only rotate10-scale10 --seeds 42 43 44   # ~4-8 min a run
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import machine_json
+from overhead import PROJECT_ROOT, SHARED_MNIST
+from seqmnist.orchestration.dvc import apply_param_overrides
+
+RESULTS = Path(__file__).with_name("recipes.json")
+BIN_DIR = Path(sys.executable).parent
+DEFAULT_SEED = 42
+REPRO_TIMEOUT_S = 3600
+# Candidate name -> the params it changes from params.yaml as committed.
+CANDIDATES: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "rotate10-scale10": ("train.augment_max_degrees=10", "train.augment_max_scale=0.1"),
+    "rotate15-scale15": ("train.augment_max_degrees=15", "train.augment_max_scale=0.15"),
+    "rotate10-scale10-28ep": (
+        "train.augment_max_degrees=10",
+        "train.augment_max_scale=0.1",
+        "train.epochs=28",
+        "train.early_stopping_patience=8",
+    ),
+    "units192": ("train.model.units=192",),
+    "2layers-12ep": ("train.model.layers=2", "train.epochs=12"),
+    "bidirectional-12ep": ("train.model.bidirectional=true", "train.epochs=12"),
+    "bidirectional-rotate10-scale10-12ep": (
+        "train.model.bidirectional=true",
+        "train.epochs=12",
+        "train.augment_max_degrees=10",
+        "train.augment_max_scale=0.1",
+    ),
+}
+VAL_ACCURACY = Path("dvclive/train/plots/metrics/val/accuracy.tsv")
+
+
+def _environment(clone: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(clone / "src"),
+        "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+        "SEQMNIST_MIRROR": os.environ.get("SEQMNIST_MIRROR", str(SHARED_MNIST)),
+    }
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=REPRO_TIMEOUT_S
+    )
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+    return time.perf_counter() - started
+
+
+def _clone(scratch: Path) -> Path:
+    clone = scratch / "project"
+    env = dict(os.environ)
+    _run(["git", "clone", "--quiet", str(PROJECT_ROOT), str(clone)], scratch, env)
+    _run(["dvc", "cache", "dir", "--local", str(PROJECT_ROOT / ".dvc" / "cache")], clone, env)
+    return clone
+
+
+def _outcome(clone: Path) -> dict[str, object]:
+    live = json.loads((clone / "dvclive/train/metrics.json").read_text())
+    with (clone / VAL_ACCURACY).open() as handle:
+        val_accuracy = [float(row["accuracy"]) for row in csv.DictReader(handle, delimiter="\t")]
+    evaluate = json.loads((clone / "metrics/evaluate.json").read_text())
+    return {
+        "best_val_loss": live["best_val_loss"],
+        "val_accuracy_at_best": val_accuracy[live["best_epoch"] - 1],
+        "test_accuracy": evaluate["accuracy"],
+        "best_epoch": live["best_epoch"],
+        "epochs_run": live["epochs_run"],
+        "median_epoch_s": live["median_epoch_seconds"],
+    }
+
+
+def run_candidate(clone: Path, name: str, seed: int) -> dict[str, object]:
+    """`dvc repro` with the candidate's params; the params file is restored afterwards."""
+    env = _environment(clone)
+    overrides = [*CANDIDATES[name], f"train.seed={seed}"]
+    apply_param_overrides(clone, overrides)
+    try:
+        # Never restored from DVC's run cache: every run trains, so its minutes are real.
+        seconds = _run(["dvc", "repro", "--no-run-cache"], clone, env)
+    finally:
+        _run(["git", "checkout", "params.yaml"], clone, env)
+    return {"candidate": name, "seed": seed, "overrides": overrides,
+            "train_to_export_s": round(seconds, 1), **_outcome(clone)}  # fmt: skip
+
+
+def table(entries: list[dict]) -> str:
+    """bench/README.md's rows: per candidate, the median over its seeds (and each seed)."""
+    lines = [
+        "| candidate | seeds | best val loss | val acc (best epoch) | test acc | epochs (best) "
+        "| train -> export minutes |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in CANDIDATES:
+        runs = [entry for entry in entries if entry["candidate"] == name]
+        if not runs:
+            continue
+
+        def median(key: str, runs=runs) -> float:
+            return statistics.median(float(entry[key]) for entry in runs)
+
+        tests = ", ".join(f"{entry['test_accuracy']:.4f}" for entry in runs)
+        lines.append(
+            f"| {name} (`{' '.join(CANDIDATES[name]) or 'params.yaml'}`) "
+            f"| {', '.join(str(entry['seed']) for entry in runs)} "
+            f"| {median('best_val_loss'):.4f} | {median('val_accuracy_at_best'):.4f} "
+            f"| {median('test_accuracy'):.4f} ({tests}) "
+            f"| {median('epochs_run'):.0f} ({median('best_epoch'):.0f}) "
+            f"| {median('train_to_export_s') / 60:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[DEFAULT_SEED])
+    parser.add_argument("--table", action="store_true", help="print the table of saved results")
+    args = parser.parse_args()
+    saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"entries": []}
+    if not args.table:
+        with tempfile.TemporaryDirectory(prefix="seqmnist-bench-recipes-") as tmp:
+            clone = _clone(Path(tmp))
+            _run(["dvc", "repro", "preprocess"], clone, _environment(clone))
+            for name in args.only:
+                for seed in args.seeds:
+                    print(f"{name} seed {seed} ...", flush=True)
+                    entry = {**run_candidate(clone, name, seed), "machine": machine_json()}
+                    print(f"  {json.dumps({k: v for k, v in entry.items() if k != 'machine'})}")
+                    saved["entries"] = [
+                        old for old in saved["entries"]
+                        if (old["candidate"], old["seed"]) != (name, seed)
+                    ] + [entry]  # fmt: skip
+                    RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
+    print(table(saved["entries"]))
+
+
+if __name__ == "__main__":
+    main()
