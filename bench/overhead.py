@@ -1,5 +1,8 @@
 """Pipeline overhead: what `dvc repro` and the Prefect flow cost when every stage is up to date.
 
+The flow is timed with a temporary Prefect server (what `seqmnist flow run` starts when no
+PREFECT_API_URL is set) and against a running `prefect server start`.
+
 A temp clone of the project's committed HEAD is reproduced once for real with quick params
 (QUICK_OVERRIDES), then re-run with nothing to do. When the main workspace is
 already reproduced (`dvc status` clean), its no-op `dvc repro` is timed too: that one hashes the
@@ -16,6 +19,7 @@ import time
 from pathlib import Path
 
 from seqmnist.environment import TELEMETRY_OFF
+from seqmnist.orchestration import fleet
 from seqmnist.orchestration.dvc import apply_param_overrides
 from timing import Figure
 
@@ -103,6 +107,10 @@ def run(runs: int) -> dict:
             result["prefect_flow_noop"] = prefect.to_json()
             result["prefect_api"] = os.environ.get("PREFECT_API_URL", "ephemeral (temporary local)")
             print(f"  no-op Prefect flow run: {prefect.median:.2f} s", flush=True)
+            served = _against_running_server(flow, project, env, home, runs)
+            result["prefect_flow_noop_running_server"] = served.to_json()
+            result["flow_minus_dvc_repro_s"] = served.median - noop.median
+            print(f"  ... against a running Prefect server: {served.median:.2f} s", flush=True)
         else:
             result["prefect_flow_noop"] = f"not measured: {FLOW_SCRIPT} does not exist"
     if _main_workspace_clean(_environment_main()):
@@ -111,6 +119,20 @@ def run(runs: int) -> dict:
     else:
         result["dvc_repro_noop_main_workspace"] = "not measured: main workspace not reproduced"
     return result
+
+
+def _against_running_server(
+    flow: list[str], project: Path, env: dict[str, str], home: Path, runs: int
+) -> Figure:
+    """The no-op flow against `prefect server start` (SQLite) on 127.0.0.1, as on a machine
+    with a server or a worker: no temporary server to start per run."""
+    folder = home / "server"
+    folder.mkdir()
+    database = f"sqlite+aiosqlite:///{folder / 'prefect.db'}"
+    with fleet.prefect_server(folder, database, env) as url:
+        served = {**env, "PREFECT_API_URL": url}
+        _timed(flow, project, served, NOOP_TIMEOUT_S)  # registers the flow on this server
+        return _repeat(flow, project, served, runs)
 
 
 def _environment_main() -> dict[str, str]:

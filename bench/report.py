@@ -150,12 +150,18 @@ def _pipeline(pipeline: dict) -> list[str]:
     for label, key in (
         ("`dvc repro` (temp copy)", "dvc_repro_noop"),
         ("`dvc repro` (main workspace)", "dvc_repro_noop_main_workspace"),
-        ("`python flows/pipeline.py run`", "prefect_flow_noop"),
+        ("`seqmnist flow run`", "prefect_flow_noop"),
+        ("`seqmnist flow run`, running Prefect server", "prefect_flow_noop_running_server"),
     ):
         entry = pipeline.get(key)
         rows.append(f"| {label} | {_fig(entry, 2) if isinstance(entry, dict) else entry} |")
     if "prefect_api" in pipeline:
-        rows += ["", f"Prefect API: {pipeline['prefect_api']}."]
+        rows += ["", f"Prefect API of the first flow row: {pipeline['prefect_api']}."]
+    if "flow_minus_dvc_repro_s" in pipeline:
+        rows += [
+            f"No-op flow against a running server minus no-op `dvc repro` (medians): "
+            f"**{pipeline['flow_minus_dvc_repro_s']:.2f} s**."
+        ]
     return rows
 
 

@@ -90,13 +90,17 @@ def dvc_sync(project_dir: str, direction: str) -> None:
 
 
 @task(name="publish-version", cache_policy=NO_CACHE)
-def publish_version(project_dir: str, dvc_remote: str | None) -> publish.Publication:
-    """Commit, push, register (git tags) and gate the version the stages left in the workspace."""
-    return publish.publish(Path(project_dir), dvc_remote)
+def publish_version(
+    project_dir: str, dvc_remote: str | None, stale: list[str] | None
+) -> publish.Publication:
+    """Commit, push, register (git tags) and gate the version the stages left in the workspace;
+    `stale`: what `dvc status` said before the stages, when none of them ran since."""
+    return publish.publish(Path(project_dir), dvc_remote, stale)
 
 
 def report(project_dir: str, outcome: publish.Publication) -> None:
-    """Every registered version as a table under a stable key, this one's diff as Markdown."""
+    """Every registered version as a table under a stable key, this one's diff as Markdown
+    (when the run committed or tagged something: else both would be as they were)."""
     artifact = publish.load_publish_params(Path(project_dir)).artifact
     create_table_artifact(
         table=render.table_rows(history.versions(Path(project_dir), artifact)),
@@ -132,20 +136,22 @@ def run_stages_and_publish(
             git_remote = publish.load_publish_params(root).git_remote
             sweep.apply_experiment(root, git_remote, experiment)
         dvc.apply_param_overrides(root, set_params)
-        order = dvc.stage_order(root, stages)
-        stale = set(dvc.stale_stages(root))
+        plan = dvc.plan(root, stages)
         logger.info(
-            "stages in DVC order: %s; stale: %s", " -> ".join(order), sorted(stale) or "none"
+            "stages in DVC order: %s; stale: %s",
+            " -> ".join(plan.order),
+            sorted(plan.stale) or "none",
         )
         upstream_ran = False
-        for stage in order:
-            unchanged = not (force or upstream_ran or stage in stale)
+        for stage in plan.order:
+            unchanged = not (force or upstream_ran or stage in plan.stale)
             result = repro_stage(str(root), stage, force, stage_timeout_s, unchanged)
             upstream_ran = upstream_ran or not result["skipped"]
         if remote:
             dvc_sync(str(root), "push")  # the data first: no commit or tag may name missing data
-        outcome = publish_version(str(root), remote)
-        report(str(root), outcome)
+        outcome = publish_version(str(root), remote, None if upstream_ran else sorted(plan.stale))
+        if outcome.changed:
+            report(str(root), outcome)
     return outcome
 
 

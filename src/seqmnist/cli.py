@@ -98,8 +98,14 @@ def _versions(args: argparse.Namespace) -> None:
 def _run_flow(root: Path, entrypoint: str, parameters: dict) -> int:
     """Run a flow of the project's flows/ once, as a Prefect deployment would load it."""
     from prefect.flows import load_flow_from_entrypoint
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    state = load_flow_from_entrypoint(str(root / entrypoint))(**parameters, return_state=True)
+    # Heartbeats let a server mark a run whose worker died as Crashed; deployments send them
+    # (prefect.yaml). A run started here has its user watching, and the heartbeat thread holds
+    # the exit for up to a second (it sleeps in 1 s steps): off.
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        flow = load_flow_from_entrypoint(str(root / entrypoint))
+        state = flow(**parameters, return_state=True)
     print(f"{state.name}: {state.message}", file=sys.stderr if state.is_failed() else sys.stdout)
     return 0 if state.is_completed() else 1
 

@@ -6,6 +6,7 @@ these functions or through the `dvc` command line (seqmnist.orchestration.runner
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -37,39 +38,61 @@ def _stage_file_order(root: Path) -> list[str]:
     return list(data.get("stages", {}))
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do: the stages in order, and those `dvc status` finds out of date."""
+
+    order: list[str]
+    stale: frozenset[str]
+
+
+def plan(root: Path, targets: Sequence[str] | None = None) -> Plan:
+    """stage_order and stale_stages from one look at the repository (each opening costs)."""
+    with _open_repo(root) as repo:
+        return Plan(_order(repo, root, targets), frozenset(_stale(repo)))
+
+
 def stage_order(root: Path, targets: Sequence[str] | None = None) -> list[str]:
     """Stages in dependency order from DVC's graph; with `targets`, those plus what they need.
 
     Ties (e.g. `evaluate` and `export`, which both only need `train`) keep dvc.yaml's order, so
     the order is stable from run to run.
     """
-    import networkx as nx
-
     with _open_repo(root) as repo:
-        graph = repo.index.graph
-        by_name = {stage.name: stage for stage in graph.nodes}
-        unknown = sorted(set(targets or ()) - set(by_name))
-        if unknown:
-            raise OrchestrationError(
-                f"unknown stage(s) {', '.join(unknown)}; dvc.yaml has: {', '.join(by_name)}"
-            )
-        wanted = set(by_name) if not targets else set(targets)
-        for name in list(wanted):
-            # DVC's edges point from a stage to the stages it depends on.
-            wanted |= {dep.name for dep in nx.descendants(graph, by_name[name])}
-        file_order = {name: index for index, name in enumerate(_stage_file_order(root))}
-        upstream_first = nx.reverse_view(graph).subgraph(by_name[name] for name in wanted)
-        ordered = nx.lexicographical_topological_sort(
-            upstream_first, key=lambda stage: f"{file_order.get(stage.name, 0):06d}"
-        )
-        return [stage.name for stage in ordered]
+        return _order(repo, root, targets)
 
 
 def stale_stages(root: Path) -> list[str]:
     """Stages whose outputs are out of date (what `dvc status` lists), by name."""
     with _open_repo(root) as repo:
-        # Keys look like `dvc.yaml:export`, relative to the current folder.
-        return sorted(address.rsplit(":", 1)[-1] for address in repo.status())
+        return _stale(repo)
+
+
+def _order(repo, root: Path, targets: Sequence[str] | None) -> list[str]:
+    import networkx as nx
+
+    graph = repo.index.graph
+    by_name = {stage.name: stage for stage in graph.nodes}
+    unknown = sorted(set(targets or ()) - set(by_name))
+    if unknown:
+        raise OrchestrationError(
+            f"unknown stage(s) {', '.join(unknown)}; dvc.yaml has: {', '.join(by_name)}"
+        )
+    wanted = set(by_name) if not targets else set(targets)
+    for name in list(wanted):
+        # DVC's edges point from a stage to the stages it depends on.
+        wanted |= {dep.name for dep in nx.descendants(graph, by_name[name])}
+    file_order = {name: index for index, name in enumerate(_stage_file_order(root))}
+    upstream_first = nx.reverse_view(graph).subgraph(by_name[name] for name in wanted)
+    ordered = nx.lexicographical_topological_sort(
+        upstream_first, key=lambda stage: f"{file_order.get(stage.name, 0):06d}"
+    )
+    return [stage.name for stage in ordered]
+
+
+def _stale(repo) -> list[str]:
+    # Keys look like `dvc.yaml:export`, relative to the current folder.
+    return sorted(address.rsplit(":", 1)[-1] for address in repo.status())
 
 
 def default_remote(root: Path) -> str | None:

@@ -14,6 +14,7 @@ Without a DVC remote nothing is pushed anywhere: the version is committed and ta
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,11 @@ class Publication:
     previous: dict[str, Any] | None = None
     tags: list[str] = field(default_factory=list)
     pushed_to: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        """Whether this publication committed or tagged anything."""
+        return self.committed or bool(self.tags)
 
     @property
     def summary(self) -> str:
@@ -92,15 +98,18 @@ def _gate(root: Path, settings: PublishParams, record: dict, registered) -> tupl
     return GateDecision(True, reason), tag
 
 
-def publish(root: Path, dvc_remote: str | None) -> Publication:
+def publish(
+    root: Path, dvc_remote: str | None, stale: Collection[str] | None = None
+) -> Publication:
     """Commit, push, register and gate the workspace's version (see the module docstring).
 
     `dvc_remote` names the DVC remote the flow already pushed the outputs to (None: no remote,
-    so nothing is pushed to git either).
+    so nothing is pushed to git either). `stale`: the stages `dvc status` lists, when the caller
+    knows them (nothing ran since it asked); else asked here.
     """
     settings = load_publish_params(root)
     record = workspace_record(root)
-    stale = stale_stages(root)
+    stale = sorted(stale_stages(root) if stale is None else stale)
     if stale:
         reason = f"not published: stages not up to date: {', '.join(stale)}"
         return Publication(record, GateDecision(False, reason))

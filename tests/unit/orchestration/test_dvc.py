@@ -67,3 +67,11 @@ def test_version_reads_dvc_lock_params_and_metrics(toy: Path) -> None:
     assert record["git_dirty"] is False and len(record["git_commit"]) == 40
     assert dvc.stale_stages(toy) == []
     assert history.workspace_record(toy)["id"] == record["id"]
+
+
+def test_plan_is_stage_order_and_status_from_one_look(toy: Path) -> None:
+    first = dvc.plan(toy, ["train"])
+    assert first.order == dvc.stage_order(toy, ["train"]) == ["download", "preprocess", "train"]
+    assert first.stale == set(dvc.stale_stages(toy)) == set(ALL_STAGES)  # nothing ran yet
+    runner.run_stage(toy, "download")
+    assert dvc.plan(toy).stale == set(ALL_STAGES) - {"download"}
