@@ -1,7 +1,8 @@
 """A Keras LSTM layer for training on CPU, backed by our whole-sequence C++ kernel.
 
-Same function, weights and initialisers as `keras.layers.LSTM` (gate order i, f, c, o), so a model
-trained with it is copied weight for weight into Keras's own LSTM for saving and ONNX export.
+Same function, weights and initialisers as `keras.layers.LSTM` (gate order i, f, c, o), or as
+`keras.layers.Bidirectional` around it, so a model trained with it is copied weight for weight into
+Keras's own layers for saving and ONNX export.
 The kernel (kernels/lstm_sequence.cc) is compiled for this CPU and this TensorFlow on first use
 and kept in the environment; bench/README.md says what it buys.
 """
@@ -15,6 +16,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -37,6 +39,10 @@ ISA_LEVELS = (
     ("x86-64-v2", frozenset({"sse4_2", "popcnt", "ssse3"})),
 )
 BUILD_TIMEOUT_S = 600
+# How each direction reads time, and the prefix of its weights' names: Keras's LSTM, then the
+# backward copy keras.layers.Bidirectional adds (its weights come second, as in Keras).
+FORWARD = ("", False)
+BACKWARD = ("backward_", True)
 
 
 def _cpu_flags() -> frozenset[str]:
@@ -144,14 +150,36 @@ def _lstm_sequence_gradient(op, dh, _dc, _dgates):
         gates=gates,
         dh=dh,
         input_gradient=input_gradient,
+        reverse=op.get_attr("reverse"),
     )
     return dx if input_gradient else None, dkernel, drecurrent_kernel, dbias
+
+
+@dataclass(frozen=True)
+class Direction:
+    """One direction's weights, in keras.layers.LSTM's order, and the way it reads time."""
+
+    kernel: keras.Variable  # [features, 4 * units]
+    recurrent_kernel: keras.Variable  # [units, 4 * units]
+    bias: keras.Variable  # [4 * units]
+    reverse: bool  # reads from the last time step to the first
+
+    @property
+    def last_read(self) -> int:
+        """The time index read last: what Keras returns when not returning sequences."""
+        return 0 if self.reverse else -1
 
 
 @keras.saving.register_keras_serializable(package="seqmnist")
 class FusedLSTM(layers.Layer):
     """`keras.layers.LSTM(units, return_sequences=...)` with its defaults, trained by our kernel,
     optionally preceded by `keras.layers.Dense(input_projection)` (weights in that order).
+
+    `bidirectional=True` makes it `keras.layers.Bidirectional(that LSTM)` (merge_mode concat):
+    a second direction with weights of its own reads time backwards; per time step, or for the
+    last step only, its output follows the forward one's. Without sequences that is the forward
+    direction's output at the last time step and the backward one's at the first, the last it
+    reads, as Keras returns it. Both directions read the same projection.
 
     The projection is folded into the LSTM's input weights for each step's computation:
     rows @ (P @ W) + (b_P @ W + b) is (rows @ P + b_P) @ W + b, with the products over 28
@@ -160,8 +188,8 @@ class FusedLSTM(layers.Layer):
     `input_gradient=False` skips the gradient of the layer's input, for a layer fed by the
     model's input (data, never trained): a product over every time step saved.
 
-    Shapes: [batch, time, features] -> [batch, time, units] or, for the last step only,
-    [batch, units].
+    Shapes: [batch, time, features] -> [batch, time, directions * units] or, for the last step
+    only, [batch, directions * units].
     """
 
     def __init__(
@@ -170,6 +198,7 @@ class FusedLSTM(layers.Layer):
         return_sequences: bool = False,
         input_projection: int | None = None,
         input_gradient: bool = True,
+        bidirectional: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -177,6 +206,8 @@ class FusedLSTM(layers.Layer):
         self.return_sequences = return_sequences
         self.input_projection = input_projection
         self.input_gradient = input_gradient
+        self.bidirectional = bidirectional
+        self._direction_specs = (FORWARD, BACKWARD) if bidirectional else (FORWARD,)
         _ops()  # compile or load now: a build error surfaces when the model is built
 
     def build(self, input_shape) -> None:
@@ -192,13 +223,23 @@ class FusedLSTM(layers.Layer):
                 shape=(self.input_projection,), initializer="zeros", name="projection_bias"
             )
             features = self.input_projection
-        self.kernel = self.add_weight(
-            shape=(features, gates), initializer="glorot_uniform", name="kernel"
-        )
-        self.recurrent_kernel = self.add_weight(
-            shape=(self.units, gates), initializer="orthogonal", name="recurrent_kernel"
-        )
-        self.bias = self.add_weight(shape=(gates,), initializer=self._unit_forget_bias, name="bias")
+        self.directions = [
+            Direction(
+                kernel=self.add_weight(
+                    shape=(features, gates), initializer="glorot_uniform", name=f"{prefix}kernel"
+                ),
+                recurrent_kernel=self.add_weight(
+                    shape=(self.units, gates),
+                    initializer="orthogonal",
+                    name=f"{prefix}recurrent_kernel",
+                ),
+                bias=self.add_weight(
+                    shape=(gates,), initializer=self._unit_forget_bias, name=f"{prefix}bias"
+                ),
+                reverse=reverse,
+            )
+            for prefix, reverse in self._direction_specs
+        ]
 
     def _unit_forget_bias(self, shape, dtype=None):
         """Keras's LSTM default: forget gate bias 1, the others 0."""
@@ -208,23 +249,31 @@ class FusedLSTM(layers.Layer):
         )
 
     def call(self, rows):
-        kernel, bias = self.kernel, self.bias
+        outputs = [self._read(rows, direction) for direction in self.directions]
+        return outputs[0] if len(outputs) == 1 else tf.concat(outputs, axis=-1)
+
+    def _read(self, rows, direction: Direction):
+        """One direction over the whole sequence: h [batch, time, units], or the step it
+        read last [batch, units]."""
+        kernel, bias = direction.kernel, direction.bias
         if self.input_projection:
             bias = tf.linalg.matvec(kernel, self.projection_bias, transpose_a=True) + bias
             kernel = tf.matmul(self.projection_kernel, kernel)  # [features, 4 * units]
         h, _c, _gates = _ops().seqmnist_lstm_sequence(
             x=rows,
             kernel=kernel,
-            recurrent_kernel=self.recurrent_kernel,
+            recurrent_kernel=direction.recurrent_kernel,
             bias=bias,
             input_gradient=self.input_gradient,
+            reverse=direction.reverse,
         )
-        return h if self.return_sequences else h[:, -1, :]
+        return h if self.return_sequences else h[:, direction.last_read, :]
 
     def compute_output_shape(self, input_shape):
+        width = len(self._direction_specs) * self.units
         if self.return_sequences:
-            return (*input_shape[:2], self.units)
-        return (input_shape[0], self.units)
+            return (*input_shape[:2], width)
+        return (input_shape[0], width)
 
     def get_config(self) -> dict:
         return {
@@ -233,4 +282,5 @@ class FusedLSTM(layers.Layer):
             "return_sequences": self.return_sequences,
             "input_projection": self.input_projection,
             "input_gradient": self.input_gradient,
+            "bidirectional": self.bidirectional,
         }

@@ -15,8 +15,8 @@ RECURRENT_CELLS = {
 
 
 def fusable(params: ModelParams) -> bool:
-    """Whether our C++ kernel can train these recurrent layers (unidirectional LSTM)."""
-    return params.cell == "lstm" and not params.bidirectional
+    """Whether our C++ kernel can train these recurrent layers (LSTM, either or both directions)."""
+    return params.cell == "lstm"
 
 
 def build_model(
@@ -31,9 +31,10 @@ def build_model(
 
     Two training forms, same weights and function (bench/README.md says what each buys on CPU):
     `kernel=True` runs the LSTM layers in our whole-sequence C++ kernel (FusedLSTM, for models
-    `fusable` accepts), the input projection folded into the first one; `unroll=True` writes
-    Keras's time loop out step by step. tf2onnx turns only Keras's rolled LSTM into one ONNX
-    LSTM op, so saved and exported models are always built with neither.
+    `fusable` accepts), the input projection folded into the first one; one FusedLSTM holds both
+    directions of a bidirectional layer, its weights in the order of Keras's Bidirectional.
+    `unroll=True` writes Keras's time loop out step by step. tf2onnx turns only Keras's rolled
+    LSTM into one ONNX LSTM op, so saved and exported models are always built with neither.
 
     Shapes: rows [batch, time_steps, features]
       -> optional projection  [batch, time_steps, input_projection]
@@ -41,10 +42,7 @@ def build_model(
       -> Dense                [batch, num_classes] logits
     """
     if kernel and not fusable(params):
-        raise ValueError(
-            f"our LSTM kernel trains unidirectional LSTM layers only, not {params.cell} "
-            f"(bidirectional: {params.bidirectional})"
-        )
+        raise ValueError(f"our LSTM kernel trains LSTM layers only, not {params.cell}")
     rows = keras.Input(shape=(time_steps, features), name="rows")
     hidden = rows
     if params.input_projection and not kernel:
@@ -61,12 +59,13 @@ def build_model(
                 return_sequences=not is_last,
                 input_projection=params.input_projection if index == 0 else None,
                 input_gradient=index > 0,  # the first layer reads the data
-                name=name,
+                bidirectional=params.bidirectional,
+                name=f"bi_{name}" if params.bidirectional else name,
             )
         else:
             recurrent = cell(params.units, return_sequences=not is_last, unroll=unroll, name=name)
-        if params.bidirectional:
-            recurrent = layers.Bidirectional(recurrent, name=f"bi_{params.cell}_{index}")
+            if params.bidirectional:
+                recurrent = layers.Bidirectional(recurrent, name=f"bi_{name}")
         hidden = recurrent(hidden)
         if params.dropout > 0:
             hidden = layers.Dropout(params.dropout, name=f"dropout_{index}")(hidden)

@@ -144,7 +144,7 @@ def resolve_backend(requested: LstmBackend, model: ModelParams, gpus: Sequence[o
         return Backend("keras", unroll=not gpus, reason=reason)
     if fusable(model):
         return Backend("kernel", unroll=False, reason=reason)
-    only_lstm = "our kernel trains unidirectional LSTM layers only"
+    only_lstm = "our kernel trains LSTM layers only"
     return Backend("keras", unroll=True, reason=f"{reason}; {only_lstm}")
 
 

@@ -1,20 +1,31 @@
-"""Streamline the graph tf2onnx writes around a single forward LSTM.
+"""Streamline the graph tf2onnx writes around a stack of LSTMs, forward or bidirectional.
 
 tf2onnx lowers Keras' per-step projection as Reshape -> MatMul -> Reshape (+ Add), builds the
-zero initial states from shape arithmetic, and slices the last step out of the full output
-sequence; onnxruntime's optimizer removes none of it. For one forward LSTM reading a linear
-projection of the rows, the same function is
+zero initial states from shape arithmetic, slices and concatenates each LSTM's output sequence
+for the next, and slices the last step out of the last one's; onnxruntime's optimizer removes
+none of it. For LSTMs reading a linear projection of the rows, the same function is
 
     rows -> Transpose (time-major) -> LSTM with the projection folded into its input weights
-    (W' = W Wp^T, B' = B + W bp) -> Y_h -> classifier
+    (W' = W Wp^T, B' = B + W bp) [-> directions side by side -> LSTM ...] -> Y_h
+    -> directions side by side -> classifier
 
-about 40% fewer FLOPs per image and 5 nodes instead of ~20 (bench/README.md measures it). The
-rewrite checks itself against the converted graph on random rows and is dropped if the two
-disagree; the export stage then verifies the result against Keras like any other graph.
+where "directions side by side" is a Squeeze for a forward LSTM and Transpose + Reshape for a
+bidirectional one: forward then backward units, as Keras's Bidirectional concatenates them, and
+Y_h of the backward direction is its output at the first time step, the one Keras returns. For
+one forward LSTM: about 40% fewer FLOPs per image and 5 nodes instead of ~20 (bench/README.md
+measures it). The rewrite checks itself against the converted graph on random rows and is dropped
+if the two disagree; the export stage then verifies the result against Keras like any other graph.
+
+Left as converted: "reverse" LSTMs (Keras's go_backwards alone, which build_model never makes:
+the next layer reads its sequence time-flipped, a step this rewrite does not rebuild), and any
+LSTM whose output something other than layout ops reads before the next LSTM or the classifier
+(e.g. Bidirectional's merge modes other than concat). Layout ops that select other than what
+the rewrite assumes (say a slice of the time steps) are caught by the self-check.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +35,24 @@ from onnx import helper, numpy_helper
 from seqmnist.constants import ORT_PROVIDERS
 
 CHAIN_OPS = {"Transpose", "Reshape", "MatMul", "Add", "Cast", "Identity"}
+# What tf2onnx puts between an LSTM's output and what computes with it: moves, no arithmetic.
+LAYOUT_OPS = {
+    "Slice",
+    "Squeeze",
+    "Unsqueeze",
+    "Gather",
+    "Transpose",
+    "Concat",
+    "Reshape",
+    "Identity",
+}
+SHAPE_OP = "Shape"  # reads only a tensor's shape: sizes the next LSTM's zero initial states
+CLASSIFIER_OPS = {"MatMul", "Gemm"}
+DIRECTIONS = {"forward", "bidirectional"}
 SELF_CHECK_ROWS = 32
 SELF_CHECK_ATOL = 1e-5
 PREFIX = "streamlined_"
+LAST_HIDDEN = PREFIX + "last_hidden"  # what the classifier reads: [batch, directions * units]
 
 
 @dataclass(frozen=True)
@@ -84,18 +110,91 @@ def _input_chain(lstm, graph, weights) -> tuple[np.ndarray | None, np.ndarray | 
     return projection, bias
 
 
-def _classifier_input(lstm, graph) -> onnx.NodeProto | str:
-    """The first MatMul/Gemm that reads the LSTM's last step, through single-consumer nodes."""
+def _unsupported(lstm, weights) -> str | None:
+    """Why an LSTM op cannot be rebuilt as above, if it cannot."""
+    direction = _attr(lstm, "direction") or "forward"
+    if direction not in DIRECTIONS or _attr(lstm, "layout") not in (None, 0):
+        return f"{direction} LSTM"
+    if lstm.input[1] not in weights or lstm.input[2] not in weights:
+        return "LSTM weights are not constants"
+    if len(lstm.input) > 4 and lstm.input[4]:
+        return "LSTM uses sequence lengths"
+    return None
+
+
+def _readers(lstm, graph) -> list[onnx.NodeProto]:
+    """The nodes that compute with an LSTM's outputs, past the layout ops tf2onnx puts after it
+    (Shape nodes only size zero initial states, which the rewrite leaves to the LSTM op)."""
     consumers = _consumers(graph)
-    pending = consumers.get(lstm.output[0], [])
-    while len(pending) == 1:
-        node = pending[0]
-        if node.op_type in {"MatMul", "Gemm"}:
-            return node
-        if node.op_type not in {"Squeeze", "Unsqueeze", "Slice", "Gather", "Transpose"}:
-            return f"the LSTM's output goes through {node.op_type}"
-        pending = consumers.get(node.output[0], [])
-    return "the LSTM's output has no single path to the classifier"
+    readers, seen = [], set()
+    pending = [name for name in lstm.output if name]
+    while pending:
+        for node in consumers.get(pending.pop(), []):
+            if id(node) in seen or node.op_type == SHAPE_OP:
+                continue
+            seen.add(id(node))
+            if node.op_type in LAYOUT_OPS:
+                pending.extend(node.output)
+            else:
+                readers.append(node)
+    return readers
+
+
+def _stack_and_classifier(lstms, graph) -> onnx.NodeProto | str:
+    """The classifier's MatMul/Gemm, if each LSTM is read by the next one only and the last
+    one by that classifier only; else why not."""
+    for index, (lstm, following) in enumerate(itertools.pairwise(lstms)):
+        readers = _readers(lstm, graph)
+        if [node.name for node in readers] != [following.name]:
+            return f"LSTM {index}'s output is read by {sorted(n.op_type for n in readers)}"
+    readers = _readers(lstms[-1], graph)
+    if len(readers) != 1 or readers[0].op_type not in CLASSIFIER_OPS:
+        return f"the last LSTM's output is read by {sorted(n.op_type for n in readers)}"
+    return readers[0]
+
+
+def _named(base: str, layer: int) -> str:
+    """Names of the rewrite's nodes and tensors: the first LSTM's without an index."""
+    return f"{PREFIX}{base}" if layer == 0 else f"{PREFIX}{base}_{layer}"
+
+
+def _side_by_side(
+    source: str, directions: int, axis: int, output: str, layer: int
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes (and their constants) that lay the directions axis of an LSTM output side by side
+    along the units, forward first: Y [time, directions, batch, units] (axis 1) ->
+    [time, batch, directions * units], or Y_h [directions, batch, units] (axis 0) ->
+    [batch, directions * units]."""
+    if directions == 1:
+        axes = f"{PREFIX}axes" if axis == 0 else f"{PREFIX}axes_{axis}"
+        return (
+            [helper.make_node("Squeeze", [source, axes], [output], name=_named("squeeze", layer))],
+            [numpy_helper.from_array(np.array([axis], np.int64), axes)],
+        )
+    perm = list(range(axis + 3))
+    perm[axis], perm[axis + 1] = axis + 1, axis  # [..., batch, directions, units]
+    shape = f"{PREFIX}shape_{axis}"  # keep the dimensions before directions, merge the rest
+    transposed = _named("directions_last", layer)
+    nodes = [
+        helper.make_node("Transpose", [source], [transposed], perm=perm, name=transposed),
+        helper.make_node("Reshape", [transposed, shape], [output], name=_named("merge", layer)),
+    ]
+    return nodes, [numpy_helper.from_array(np.array([0] * (axis + 1) + [-1], np.int64), shape)]
+
+
+def _folded_first_weights(lstm, weights, chain) -> tuple[np.ndarray, np.ndarray]:
+    """The first LSTM's W [directions, 4H, F] and B [directions, 8H], the projection folded in."""
+    projection, projection_bias = chain
+    w = weights[lstm.input[1]]  # [directions, 4H, P]
+    hidden = w.shape[1] // 4
+    has_bias = len(lstm.input) > 3 and lstm.input[3] in weights
+    b = weights[lstm.input[3]].copy() if has_bias else np.zeros((len(w), 8 * hidden), np.float32)
+    if projection_bias is not None:
+        for direction, w_direction in enumerate(w):
+            b[direction, : 4 * hidden] += w_direction @ projection_bias
+    if projection is None:
+        return w, b
+    return np.stack([w_direction @ projection.T for w_direction in w]), b
 
 
 def _prune(graph: onnx.GraphProto) -> None:
@@ -153,68 +252,77 @@ def _agrees(original: onnx.ModelProto, rewritten: onnx.ModelProto, shape) -> flo
     return max(float(np.abs(left - right).max()) for left, right in pairs)
 
 
+def _rebuilt_stack(
+    lstms, weights, rows: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes and layout constants of the stack rewritten as above: `rows` [batch, time,
+    features] -> LAST_HIDDEN [batch, directions * units]; the first LSTM reads W and B."""
+    nodes = [
+        helper.make_node(
+            "Transpose", [rows], [PREFIX + "x"], perm=[1, 0, 2], name=PREFIX + "time_major"
+        )
+    ]
+    constants = {}  # by name: layers of one kind share their layout constants
+    for layer, lstm in enumerate(lstms):
+        is_last = layer == len(lstms) - 1
+        lstm_weights = (
+            [PREFIX + "W", lstm.input[2], PREFIX + "B"] if layer == 0 else lstm.input[1:4]
+        )
+        recurrent = weights[lstm.input[2]]  # [directions, 4 * units, units]
+        attributes = {"hidden_size": recurrent.shape[-1]}
+        if len(recurrent) > 1:
+            attributes["direction"] = "bidirectional"  # forward is the op's default
+        # Y [time, directions, batch, units] feeds the next LSTM, Y_h [directions, batch, units]
+        # the classifier.
+        output, axis = (_named("Y_h", layer), 0) if is_last else (_named("Y", layer), 1)
+        nodes.append(
+            helper.make_node(
+                "LSTM",
+                [_named("x", layer), *lstm_weights],
+                ["", output] if is_last else [output],
+                name=_named("lstm", layer),
+                **attributes,
+            )
+        )
+        merged = LAST_HIDDEN if is_last else _named("x", layer + 1)
+        merge_nodes, merge_constants = _side_by_side(output, len(recurrent), axis, merged, layer)
+        nodes.extend(merge_nodes)
+        constants.update((tensor.name, tensor) for tensor in merge_constants)
+    return nodes, list(constants.values())
+
+
 def streamline_lstm(model: onnx.ModelProto, time_steps: int, features: int) -> Rewrite:
-    """Rewrite a single forward LSTM graph as described above; anything else is left as it is."""
+    """Rewrite a graph of stacked LSTMs as described above; anything else is left as it is."""
     graph = model.graph
-    lstms = [node for node in graph.node if node.op_type == "LSTM"]
-    if len(lstms) != 1:
-        return Rewrite(model, False, f"left as converted: {len(lstms)} LSTM ops (needs 1)")
-    lstm = lstms[0]
+    lstms = [node for node in graph.node if node.op_type == "LSTM"]  # in graph (stack) order
+    if not lstms:
+        return Rewrite(model, False, "left as converted: no LSTM op")
     weights = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
-    direction = _attr(lstm, "direction") or "forward"
-    if direction != "forward" or _attr(lstm, "layout") not in (None, 0):
-        return Rewrite(model, False, f"left as converted: {direction} LSTM")
-    if lstm.input[1] not in weights or lstm.input[2] not in weights:
-        return Rewrite(model, False, "left as converted: LSTM weights are not constants")
-    if len(lstm.input) > 4 and lstm.input[4]:
-        return Rewrite(model, False, "left as converted: LSTM uses sequence lengths")
-    chain = _input_chain(lstm, graph, weights)
+    reasons = [reason for lstm in lstms if (reason := _unsupported(lstm, weights))]
+    if reasons:
+        return Rewrite(model, False, f"left as converted: {reasons[0]}")
+    chain = _input_chain(lstms[0], graph, weights)
     if isinstance(chain, str):
         return Rewrite(model, False, f"left as converted: {chain}")
-    head = _classifier_input(lstm, graph)
+    head = _stack_and_classifier(lstms, graph)
     if isinstance(head, str):
         return Rewrite(model, False, f"left as converted: {head}")
 
-    projection, projection_bias = chain
-    w = weights[lstm.input[1]][0]  # [4H, P]
-    hidden = w.shape[0] // 4
-    has_bias = len(lstm.input) > 3 and lstm.input[3] in weights
-    b = weights[lstm.input[3]].copy() if has_bias else np.zeros((1, 8 * hidden), np.float32)
-    if projection_bias is not None:
-        b[0, : 4 * hidden] += w @ projection_bias
-    folded = w @ projection.T if projection is not None else w  # [4H, F]
-
+    folded, b = _folded_first_weights(lstms[0], weights, chain)
+    nodes, layout_constants = _rebuilt_stack(lstms, weights, graph.input[0].name)
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     graph = rewritten.graph
     head = next(node for node in graph.node if node.name == head.name)
-    squeezed = PREFIX + "last_hidden"
     graph.initializer.extend(
         [
-            numpy_helper.from_array(folded[None].astype(np.float32), PREFIX + "W"),
+            numpy_helper.from_array(folded.astype(np.float32), PREFIX + "W"),
             numpy_helper.from_array(b.astype(np.float32), PREFIX + "B"),
-            numpy_helper.from_array(np.array([0], np.int64), PREFIX + "axes"),
+            *layout_constants,
         ]
     )
-    graph.node.extend(
-        [
-            helper.make_node(
-                "Transpose", [graph.input[0].name], [PREFIX + "x"], perm=[1, 0, 2],
-                name=PREFIX + "time_major",
-            ),
-            helper.make_node(
-                "LSTM",
-                [PREFIX + "x", PREFIX + "W", lstm.input[2], PREFIX + "B"],
-                ["", PREFIX + "Y_h"],
-                hidden_size=hidden,
-                name=PREFIX + "lstm",
-            ),
-            helper.make_node(
-                "Squeeze", [PREFIX + "Y_h", PREFIX + "axes"], [squeezed], name=PREFIX + "squeeze"
-            ),
-        ]
-    )  # fmt: skip
-    head.input[0] = squeezed
+    graph.node.extend(nodes)
+    head.input[0] = LAST_HIDDEN
     _prune(graph)
     _topological_sort(graph)
     onnx.checker.check_model(rewritten, full_check=True)
@@ -222,9 +330,13 @@ def streamline_lstm(model: onnx.ModelProto, time_steps: int, features: int) -> R
     if difference > SELF_CHECK_ATOL:
         return Rewrite(model, False, f"left as converted: rewrite differed by {difference:.1e}")
     before, after = len(model.graph.node), len(graph.node)
+    first = "the LSTM" if len(lstms) == 1 else f"the first of {len(lstms)} LSTMs"
+    folded = f"projection folded into {first}"
+    if all(part is None for part in chain):
+        folded = "no projection to fold"
     return Rewrite(
         rewritten,
         True,
-        f"streamlined: {before} -> {after} nodes, projection folded into the LSTM "
+        f"streamlined: {before} -> {after} nodes, {folded} "
         f"(max |diff| {difference:.1e} on random rows)",
     )

@@ -16,7 +16,7 @@ import pytest
 from seqmnist import cli
 from seqmnist.config import DownloadParams
 from seqmnist.data import mirrors
-from seqmnist.errors import DownloadError
+from seqmnist.errors import DownloadError, OutputWriteError
 from seqmnist.paths import TRAIN_IMAGES, TRAIN_LABELS
 from seqmnist.stages import download
 from seqmnist.stages.download import MNIST_SHA256
@@ -319,7 +319,7 @@ def test_failure_while_writing_keeps_the_previous_raw_folder(
         crash_on_call(monkeypatch, mirrors, "_decompress_verified", after=2)
     else:
         failing_swap(monkeypatch, out_dir)
-    with pytest.raises((Crash, OSError)):
+    with pytest.raises((Crash, OutputWriteError)):
         download.run(_params(), out_dir, mirror=str(folder), progress=False, expected=expected)
     assert contents(out_dir) == before
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["raw"]

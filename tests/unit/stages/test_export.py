@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from seqmnist.config import ExportParams, ModelParams
-from seqmnist.errors import SeqmnistError
+from seqmnist.errors import OutputWriteError, SeqmnistError
 from seqmnist.onnx import metadata as onnx_meta
 from seqmnist.stages import export
 from support.faults import Crash, contents, crash_on_call, failing_swap
@@ -201,7 +201,7 @@ def test_failure_while_writing_keeps_the_previous_onnx_folder(
         crash_on_call(monkeypatch, export, "model_card", after=0)
     else:
         failing_swap(monkeypatch, out_dir)
-    with pytest.raises((Crash, OSError)):
+    with pytest.raises((Crash, OutputWriteError)):
         exported.run_export(ExportParams(), out_dir, metrics_path)
     assert contents(out_dir) == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["export.json", "onnx"]

@@ -12,7 +12,7 @@ import pytest
 from seqmnist.config import PreprocessParams
 from seqmnist.data import idx
 from seqmnist.data.dataset import SPLITS, load_split
-from seqmnist.errors import ConfigError, DataError
+from seqmnist.errors import ConfigError, DataError, OutputWriteError
 from seqmnist.paths import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS
 from seqmnist.stages import preprocess
 from support.faults import Crash, contents, crash_on_call, failing_swap
@@ -186,7 +186,7 @@ def test_failure_while_writing_keeps_the_previous_output(
         crash_on_call(monkeypatch, preprocess, "images_to_sequences", after=1)
     else:
         failing_swap(monkeypatch, tmp_path / "processed")
-    with pytest.raises((Crash, OSError)):
+    with pytest.raises((Crash, OutputWriteError)):
         _run(tmp_path, raw_dir, seed=1)  # another split: different files, had they been written
     assert contents(tmp_path / "processed") == before
     assert (tmp_path / "metrics/data.json").read_bytes() == stats_before
@@ -199,7 +199,7 @@ def test_first_run_whose_final_rename_fails_reports_that_failure(
     """With no previous output to put back, the rename's own error used to be masked by a
     FileNotFoundError from restoring it."""
     failing_swap(monkeypatch, tmp_path / "processed")
-    with pytest.raises(OSError, match="injected failure of the final rename"):
+    with pytest.raises(OutputWriteError, match="injected failure of the final rename"):
         _run(tmp_path, raw_dir)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 

@@ -1,8 +1,12 @@
 // Whole-sequence LSTM for training on CPU: the forward pass and its gradient as two TensorFlow ops.
 //
 // Same function and weights as keras.layers.LSTM (gates i, f, c, o; sigmoid gates, tanh cell,
-// zero initial state). Why a kernel of our own: Keras runs the recurrence as ~30 small TensorFlow
-// ops per time step, each costing 15-50 us of scheduling on top of its work (bench/README.md).
+// zero initial state). `reverse` reads time backwards (Keras's go_backwards, the backward half of
+// a Bidirectional layer) by walking the time indices the other way: each step's state is stored
+// at its own time index, so no sequence is copied or flipped, and h is already in the order
+// keras.layers.Bidirectional concatenates. Why a kernel of our own: Keras runs the recurrence as
+// ~30 small TensorFlow ops per time step, each costing 15-50 us of scheduling on top of its work
+// (bench/README.md).
 // Here the batch is cut into one block of rows per worker thread; rows of an LSTM never interact,
 // so each thread runs all time steps of its block with no synchronisation, and every matrix
 // product is one Eigen GEMM built for this CPU (compiled by fused_lstm.py for the CPU's x86-64 ISA level).
@@ -47,6 +51,18 @@ struct Sizes {
   int64_t gates() const { return 4 * units; }
 };
 
+// The order one direction reads time in: step 0, 1, ... is time index 0, 1, ... forward and
+// T-1, T-2, ... in reverse.
+struct TimeOrder {
+  int64_t steps;
+  bool reverse;
+  int64_t operator[](int64_t step) const { return reverse ? steps - 1 - step : step; }
+  // From a time index to the one read just before it (the previous state's).
+  int64_t previous() const { return reverse ? 1 : -1; }
+  // The first time index in memory order that has a previous state (the other end has none).
+  int64_t first_with_previous() const { return reverse ? 0 : 1; }
+};
+
 // One contiguous block of rows per worker thread (fewer when there are fewer rows).
 int RowBlocks(OpKernelContext* ctx, int64_t rows) {
   const int threads = ctx->device()->tensorflow_cpu_worker_threads()->workers->NumThreads();
@@ -84,7 +100,9 @@ tensorflow::Status CheckInputs(OpKernelContext* ctx, Sizes* sizes) {
 
 class LstmSequenceOp : public OpKernel {
  public:
-  explicit LstmSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit LstmSequenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("reverse", &reverse_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     Sizes n;
@@ -105,6 +123,8 @@ class LstmSequenceOp : public OpKernel {
     float* c = c_out->flat<float>().data();
     float* gates = gates_out->flat<float>().data();
     const int64_t H = n.units, G = n.gates(), T = n.steps;
+    const TimeOrder order{T, reverse_};
+    const int64_t previous = order.previous();
 
     ForEachRowBlock(n.batch, RowBlocks(ctx, n.batch), [&](int64_t begin, int64_t end, int) {
       const int64_t rows = end - begin;
@@ -112,11 +132,12 @@ class LstmSequenceOp : public OpKernel {
       MatrixMap block_gates(gates + begin * T * G, rows * T, G);
       block_gates.noalias() = ConstMatrixMap(x + begin * T * n.inputs, rows * T, n.inputs) * kernel;
       block_gates.rowwise() += b;
-      for (int64_t t = 0; t < T; ++t) {
+      for (int64_t step = 0; step < T; ++step) {
+        const int64_t t = order[step];
         float* step_gates = gates + (begin * T + t) * G;
-        if (t > 0) {  // + h[t-1] x recurrent: [rows, H] x [H, 4H]
+        if (step > 0) {  // + h[previous] x recurrent: [rows, H] x [H, 4H]
           StepMap(step_gates, rows, G, Eigen::OuterStride<>(T * G)).noalias() +=
-              ConstStepMap(h + (begin * T + t - 1) * H, rows, H, Eigen::OuterStride<>(T * H)) * recurrent;
+              ConstStepMap(h + (begin * T + t + previous) * H, rows, H, Eigen::OuterStride<>(T * H)) * recurrent;
         }
         for (int64_t row = 0; row < rows; ++row) {
           const int64_t at = (begin + row) * T + t;
@@ -127,8 +148,8 @@ class LstmSequenceOp : public OpKernel {
           cell = cell.tanh();
           gate_o = gate_o.logistic();
           ArrayMap c_t(c + at * H, H);
-          if (t > 0) {
-            c_t = gate_f * ConstArrayMap(c + (at - 1) * H, H) + gate_i * cell;
+          if (step > 0) {
+            c_t = gate_f * ConstArrayMap(c + (at + previous) * H, H) + gate_i * cell;
           } else {
             c_t = gate_i * cell;
           }
@@ -137,18 +158,24 @@ class LstmSequenceOp : public OpKernel {
       }
     });
   }
+
+ private:
+  bool reverse_;  // read time from the last step to the first
 };
 
 class LstmSequenceGradOp : public OpKernel {
  public:
   explicit LstmSequenceGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("input_gradient", &input_gradient_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("reverse", &reverse_));
   }
 
   void Compute(OpKernelContext* ctx) override {
     Sizes n;
     OP_REQUIRES_OK(ctx, CheckInputs(ctx, &n));
     const int64_t H = n.units, G = n.gates(), T = n.steps, I = n.inputs;
+    const TimeOrder order{T, reverse_};
+    const int64_t previous = order.previous();
     for (int index : {3, 4, 6}) {
       OP_REQUIRES(ctx, ctx->input(index).shape() == TensorShape({n.batch, T, H}),
                   InvalidArgument("input ", index, " must be [batch, time, units]"));
@@ -192,7 +219,8 @@ class LstmSequenceGradOp : public OpKernel {
       Eigen::ArrayXXf dc_next = Eigen::ArrayXXf::Zero(H, rows);
       Eigen::ArrayXf tanh_c(H), dh_t(H), dc(H);
       Matrix dh_recurrent(rows, H);
-      for (int64_t t = T - 1; t >= 0; --t) {
+      for (int64_t step = T - 1; step >= 0; --step) {
+        const int64_t t = order[step];
         for (int64_t row = 0; row < rows; ++row) {
           const int64_t at = (begin + row) * T + t;
           const float* z = gates + at * G;
@@ -202,8 +230,8 @@ class LstmSequenceGradOp : public OpKernel {
           dc = dc_next.col(row) + dh_t * gate_o * (1.0f - tanh_c.square());
           float* dz = dgates + at * G;
           ArrayMap(dz, H) = dc * cell * gate_i * (1.0f - gate_i);
-          if (t > 0) {
-            ArrayMap(dz + H, H) = dc * ConstArrayMap(c + (at - 1) * H, H) * gate_f * (1.0f - gate_f);
+          if (step > 0) {
+            ArrayMap(dz + H, H) = dc * ConstArrayMap(c + (at + previous) * H, H) * gate_f * (1.0f - gate_f);
           } else {
             ArrayMap(dz + H, H).setZero();
           }
@@ -211,7 +239,7 @@ class LstmSequenceGradOp : public OpKernel {
           ArrayMap(dz + 3 * H, H) = dh_t * tanh_c * gate_o * (1.0f - gate_o);
           dc_next.col(row) = dc * gate_f;
         }
-        if (t > 0) {  // d h[t-1] = d gates[t] x recurrent^T: [rows, 4H] x [4H, H]
+        if (step > 0) {  // d h[previous] = d gates[t] x recurrent^T: [rows, 4H] x [4H, H]
           dh_recurrent.noalias() =
               ConstStepMap(dgates + (begin * T + t) * G, rows, G, Eigen::OuterStride<>(T * G)) *
               recurrent.transpose();
@@ -223,11 +251,14 @@ class LstmSequenceGradOp : public OpKernel {
       if (input_gradient_) {
         MatrixMap(dx + begin * T * I, rows * T, I).noalias() = block_dz * kernel.transpose();
       }
-      // Row (b, t) holds [x[b, t], h[b, t-1]] (h[b, -1] = 0): both weight gradients in one product.
+      // Row (b, t) holds [x[b, t], h[b, previous t]] (0 for the first step read): both weight
+      // gradients in one product.
       Matrix inputs = Matrix::Zero(rows * T, I + H);
       inputs.leftCols(I) = ConstMatrixMap(x + begin * T * I, rows * T, I);
+      const int64_t first = order.first_with_previous();
       for (int64_t row = 0; row < rows; ++row) {
-        inputs.block(row * T + 1, I, T - 1, H) = ConstMatrixMap(h + ((begin + row) * T) * H, T - 1, H);
+        inputs.block(row * T + first, I, T - 1, H) =
+            ConstMatrixMap(h + ((begin + row) * T + first + previous) * H, T - 1, H);
       }
       block_dweights[block].noalias() = inputs.transpose() * block_dz;
       block_dbias[block] = block_dz.colwise().sum();
@@ -241,6 +272,7 @@ class LstmSequenceGradOp : public OpKernel {
 
  private:
   bool input_gradient_;  // false when x is data: its gradient is never used
+  bool reverse_;         // as the forward op's
 };
 
 tensorflow::Status SequenceShape(InferenceContext* ctx) {
@@ -279,6 +311,7 @@ REGISTER_OP("SeqmnistLstmSequence")
     .Output("c: float")                // [batch, time, units]
     .Output("gates: float")            // [batch, time, 4 * units], after their activations
     .Attr("input_gradient: bool = true")  // passed on to the gradient op
+    .Attr("reverse: bool = false")        // read time from the last step to the first
     .SetShapeFn(SequenceShape);
 
 REGISTER_OP("SeqmnistLstmSequenceGrad")
@@ -294,6 +327,7 @@ REGISTER_OP("SeqmnistLstmSequenceGrad")
     .Output("drecurrent_kernel: float")
     .Output("dbias: float")
     .Attr("input_gradient: bool = true")  // false: dx is empty, [0, 0, 0]
+    .Attr("reverse: bool = false")        // as the forward op's
     .SetShapeFn(GradShape);
 
 REGISTER_KERNEL_BUILDER(Name("SeqmnistLstmSequence").Device(tensorflow::DEVICE_CPU), LstmSequenceOp);
