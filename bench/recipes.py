@@ -37,18 +37,17 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "default": (),
     "rotate10-scale10": ("train.augment_max_degrees=10", "train.augment_max_scale=0.1"),
     "rotate15-scale15": ("train.augment_max_degrees=15", "train.augment_max_scale=0.15"),
-    "rotate10-scale10-28ep": (
+    "rotate10-scale10-26ep": (
         "train.augment_max_degrees=10",
         "train.augment_max_scale=0.1",
-        "train.epochs=28",
+        "train.epochs=26",
         "train.early_stopping_patience=8",
     ),
-    "units192": ("train.model.units=192",),
-    "2layers-12ep": ("train.model.layers=2", "train.epochs=12"),
-    "bidirectional-12ep": ("train.model.bidirectional=true", "train.epochs=12"),
-    "bidirectional-rotate10-scale10-12ep": (
+    "2layers-14ep": ("train.model.layers=2", "train.epochs=14"),
+    "bidirectional-16ep": ("train.model.bidirectional=true", "train.epochs=16"),
+    "bidirectional-rotate10-scale10-16ep": (
         "train.model.bidirectional=true",
-        "train.epochs=12",
+        "train.epochs=16",
         "train.augment_max_degrees=10",
         "train.augment_max_scale=0.1",
     ),
