@@ -33,13 +33,19 @@ def _temp_prefix(target: Path) -> str:
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` runs. A killed writer stays a zombie until its parent, or init once the
+    parent is gone too, reaps it (seconds, here): a zombie writes nothing more."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # someone else's process
-    return True
+        pass  # someone else's process
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc to ask: the signal said it exists
+    return state != "Z"
 
 
 def sweep_orphaned_temps(target: Path) -> list[Path]:

@@ -96,3 +96,17 @@ def test_a_full_disk_is_one_error_naming_the_output(tmp_path: Path, writer: str)
     assert f"free space on the file system holding {target.parent}" in message
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.onnx"]
     assert target.read_bytes() == b"previous"
+
+
+def test_a_killed_writer_still_a_zombie_counts_as_gone(tmp_path: Path) -> None:
+    """kill -9 leaves the writer a zombie until it is reaped; its temp is swept all the same."""
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        writer.kill()
+        while Path(f"/proc/{writer.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            pass  # not reaped: wait() is called only below
+        orphan = tmp_path / f".out.npy.{writer.pid}.abcd1234.tmp.npy"
+        orphan.write_bytes(b"half")
+        assert io.sweep_orphaned_temps(tmp_path / "out.npy") == [orphan]
+    finally:
+        writer.wait()
