@@ -242,7 +242,8 @@ def _figures_json(figures: dict[str, Figure], forward: int, executed: int, peak:
 
 def _projection_folded(graph: dict) -> bool:
     """Whether an inspected graph's first recurrent op reads the rows with no product before it:
-    the projection folded into its W, as the export stage streamlines a single forward LSTM."""
+    the projection folded into its W, as the export stage streamlines forward and bidirectional
+    LSTM stacks."""
     return not {"MatMul", "Gemm"} & set(graph["recurrent"][0]["x_input_path"])
 
 

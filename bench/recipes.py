@@ -76,7 +76,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 def _clone(scratch: Path) -> Path:
     clone = scratch / "project"
-    env = dict(os.environ)
+    env = _environment(clone)
     _run(["git", "clone", "--quiet", str(PROJECT_ROOT), str(clone)], scratch, env)
     _run(["dvc", "cache", "dir", "--local", str(PROJECT_ROOT / ".dvc" / "cache")], clone, env)
     return clone
