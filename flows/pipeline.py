@@ -94,7 +94,7 @@ def publish_version(
     project_dir: str, dvc_remote: str | None, stale: list[str] | None
 ) -> publish.Publication:
     """Commit, push, register (git tags) and gate the version the stages left in the workspace;
-    `stale`: what `dvc status` said before the stages, when none of them ran since."""
+    `stale`: what `dvc status` said before the stages, when no `dvc repro` started since."""
     return publish.publish(Path(project_dir), dvc_remote, stale)
 
 
@@ -142,14 +142,17 @@ def run_stages_and_publish(
             " -> ".join(plan.order),
             sorted(plan.stale) or "none",
         )
-        upstream_ran = False
+        started = upstream_ran = False
         for stage in plan.order:
             unchanged = not (force or upstream_ran or stage in plan.stale)
+            started = started or not unchanged
             result = repro_stage(str(root), stage, force, stage_timeout_s, unchanged)
             upstream_ran = upstream_ran or not result["skipped"]
         if remote:
             dvc_sync(str(root), "push")  # the data first: no commit or tag may name missing data
-        outcome = publish_version(str(root), remote, None if upstream_ran else sorted(plan.stale))
+        # DVC may have restored a stale stage from its run cache: its status is known only when
+        # no `dvc repro` started.
+        outcome = publish_version(str(root), remote, None if started else sorted(plan.stale))
         if outcome.changed:
             report(str(root), outcome)
     return outcome
@@ -169,8 +172,8 @@ def seqmnist_pipeline(
     `experiment`: a trial a sweep pushed (`dvc exp push`); it is applied first, so its stages
     are up to date and it is published without training it again.
     """
-    root = dvc.find_project_root(project_dir)
     try:
+        root = dvc.find_project_root(project_dir)
         outcome = run_stages_and_publish(
             root, force, stages, set_params or [], stage_timeout_s, experiment
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from seqmnist import __version__, environment, logs
 from seqmnist.constants import PREDICT_BATCH_SIZE
-from seqmnist.errors import BAD_INPUT_EXIT_CODE, MissingExtraError, SeqmnistError
+from seqmnist.errors import MissingExtraError, SeqmnistError
 from seqmnist.paths import FLOW_ENTRYPOINT, ONNX_MODEL, PARAMS_FILE, SWEEP_ENTRYPOINT
 
 MIRROR_ENV = "SEQMNIST_MIRROR"
@@ -102,8 +102,9 @@ def _run_flow(root: Path, entrypoint: str, parameters: dict) -> int:
 
     # Heartbeats let a server mark a run whose worker died as Crashed; deployments send them
     # (prefect.yaml). A run started here has its user watching, and the heartbeat thread holds
-    # the exit for up to a second (it sleeps in 1 s steps): off.
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    # the exit for up to a second (it sleeps in 1 s steps): off, unless asked for explicitly.
+    asked = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.name in os.environ
+    with temporary_settings(updates={} if asked else {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         flow = load_flow_from_entrypoint(str(root / entrypoint))
         state = flow(**parameters, return_state=True)
     print(f"{state.name}: {state.message}", file=sys.stderr if state.is_failed() else sys.stdout)
@@ -489,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(exc, ModuleNotFoundError):
                 raise
         print(f"seqmnist {args.command}: error: {exc}", file=sys.stderr)
-        return BAD_INPUT_EXIT_CODE
+        return exc.exit_code
     except OSError as exc:  # the system refused something seqmnist did not wrap: say what
         print(f"seqmnist {args.command}: error: {exc}", file=sys.stderr)
         return 1

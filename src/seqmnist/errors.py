@@ -13,6 +13,8 @@ BAD_INPUT_EXIT_CODE = 2
 class SeqmnistError(Exception):
     """A bad input or environment problem, described for the person who has to fix it."""
 
+    exit_code = BAD_INPUT_EXIT_CODE
+
 
 class ConfigError(SeqmnistError):
     """params.yaml (or an override) does not describe a valid pipeline."""
@@ -33,6 +35,8 @@ class InputFileError(DataError):
 class DownloadError(SeqmnistError):
     """No mirror could deliver a verified file."""
 
+    exit_code = 1  # often a passing outage: the flow's retry may find the mirrors answering
+
 
 class MirrorFailed(SeqmnistError):
     """One mirror cannot deliver a verified file; the next mirror is tried."""
@@ -48,6 +52,14 @@ class KernelBuildError(SeqmnistError):
 
 class OutputWriteError(SeqmnistError):
     """An output could not be written (disk full, permissions); the previous one is kept."""
+
+    def __init__(self, target, why: str):
+        self.target = target
+        self.why = why
+        super().__init__(f"cannot write {target}: {why}")
+
+    def __reduce__(self):
+        return (type(self), (self.target, self.why))
 
 
 class ExportError(SeqmnistError):

@@ -26,6 +26,7 @@ os.umask(_UMASK)
 # Temps are named `.<target name>.<writer pid>.<random>.tmp...`: a write killed mid-way leaves
 # its temp, and the next write of the same target removes those whose writer is gone.
 TEMP_OWNER = r"\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}\.tmp"
+PREVIOUS = "previous"  # where atomic_dir keeps the old folder between its two renames
 
 
 def _temp_prefix(target: Path) -> str:
@@ -49,37 +50,75 @@ def _alive(pid: int) -> bool:
 
 
 def sweep_orphaned_temps(target: Path) -> list[Path]:
-    """Remove the temps that killed writes of `target` left beside it; return what went."""
+    """Remove the temps that killed writes of `target` left beside it; return what went.
+
+    A writer counts as gone when no process of this machine and pid namespace has its pid:
+    keep writers of one output on one machine (DVC's and the flow's locks do). A folder write
+    killed between atomic_dir's two renames (file systems without an exchange) left the old
+    folder only in its temp: it is put back first. What cannot be removed (another user's) is
+    left; the write itself goes on.
+    """
     owned = re.compile(re.escape(f".{target.name}") + TEMP_OWNER)
     removed = []
     with os.scandir(target.parent) as entries:
-        for entry in entries:
-            found = owned.match(entry.name)
-            if found and not _alive(int(found["pid"])):
-                path = Path(entry.path)
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
-                removed.append(path)
+        orphans = [
+            Path(entry.path)
+            for entry in entries
+            if (found := owned.match(entry.name)) and not _alive(int(found["pid"]))
+        ]
+    for path in orphans:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                previous = path / PREVIOUS
+                if previous.is_dir() and not target.exists():
+                    os.replace(previous, target)
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:
+            continue
+        removed.append(path)
     return removed
+
+
+def _concerns(error: OSError, target: Path) -> bool:
+    """Whether `error` is about writing `target`: it names no file (a write's ENOSPC, EIO) or
+    names the target or one of its temps. Network errors and inputs that cannot be read are
+    not: their own handlers name them."""
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return False
+    names = [os.fsdecode(name) for name in (error.filename, error.filename2) if name is not None]
+    return not names or any(name == str(target) or _is_temp_of(name, target) for name in names)
 
 
 @contextmanager
 def _naming_the_target(target: Path) -> Iterator[None]:
     """An OSError while an output is written (disk full, permissions) becomes one message that
-    names the output; the caller's temp cleanup has already run."""
+    names the output (not a temp inside it); the caller's temp cleanup has already run."""
+    existed = target.exists()
     try:
         yield
+    except OutputWriteError as inner:
+        cause = inner.__cause__
+        if not (isinstance(cause, OSError) and _is_temp_of(inner.target, target)):
+            raise
+        # A write into this one's staging folder (atomic_dir): name this output, not a temp.
+        raise _write_error(target, cause, existed) from cause
     except OSError as error:
-        hint = (
-            f"; free space on the file system holding {target.parent}"
-            if error.errno == errno.ENOSPC
-            else ""
-        )
-        raise OutputWriteError(
-            f"cannot write {target}: {error}{hint}; the previous {target.name} is kept"
-        ) from error
+        if not _concerns(error, target):
+            raise
+        raise _write_error(target, error, existed) from error
+
+
+def _is_temp_of(path: Path | str, target: Path) -> bool:
+    return str(path).startswith(str(target.parent / f".{target.name}."))
+
+
+def _write_error(target: Path, error: OSError, existed: bool) -> OutputWriteError:
+    full = error.errno in {errno.ENOSPC, errno.EDQUOT}
+    hint = f"; free space on the file system holding {target.parent}" if full else ""
+    kept = f"; the previous {target.name} is kept" if existed and target.exists() else ""
+    return OutputWriteError(target, f"{error.strerror or error}{hint}{kept}")
 
 
 def _prepare(target: Path) -> None:
@@ -145,7 +184,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
             yield staging
             if target.exists() and _exchange(staging, target):
                 return  # `staging` now holds the old folder, removed with the holder
-            previous = holder / "previous"
+            previous = holder / PREVIOUS
             had_previous = target.exists()
             if had_previous:
                 os.replace(target, previous)

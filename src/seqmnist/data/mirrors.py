@@ -167,6 +167,10 @@ def _decompress_verified(source: Path, dest: Path, expected_sha256: str, origin:
                 out.write(chunk)
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise MirrorFailed(f"{origin}: not a valid gzip file ({exc})") from None
+    except OSError as exc:
+        if exc.filename != str(source):
+            raise  # the payload's destination: a write error, not the mirror's
+        raise MirrorFailed(f"{origin}: cannot read {source}: {exc.strerror}") from None
     actual = digest.hexdigest()
     if actual != expected_sha256:
         raise MirrorFailed(

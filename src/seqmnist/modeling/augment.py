@@ -34,14 +34,15 @@ def rotate_and_scale(
     angles = np.deg2rad(rng.uniform(-max_degrees, max_degrees, count))
     scales = rng.uniform(1 - max_scale, 1 + max_scale, count)
     transforms = inverse_transforms(angles, scales, rows, columns)
-    resampled = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images[..., None],  # [N, rows, columns, 1 channel]
-        transforms=transforms,
-        output_shape=[rows, columns],
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )
+    with tf.device("/CPU:0"):  # the same bytes whether or not TensorFlow sees a GPU
+        resampled = tf.raw_ops.ImageProjectiveTransformV3(
+            images=images[..., None],  # [N, rows, columns, 1 channel]
+            transforms=transforms,
+            output_shape=[rows, columns],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="CONSTANT",
+        )
     return resampled.numpy()[..., 0]
 
 

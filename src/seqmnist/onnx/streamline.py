@@ -49,6 +49,11 @@ LAYOUT_OPS = {
 SHAPE_OP = "Shape"  # reads only a tensor's shape: sizes the next LSTM's zero initial states
 CLASSIFIER_OPS = {"MatMul", "Gemm"}
 DIRECTIONS = {"forward", "bidirectional"}
+# The LSTM attributes the rebuilt op carries over (hidden_size, direction) or can drop (layout
+# 0, the default gate functions); one with any other (clip, input_forget, other activations)
+# computes something the rebuilt op would not, and is left as converted.
+REBUILT_ATTRIBUTES = {"hidden_size", "direction", "layout", "activations"}
+DEFAULT_ACTIVATIONS = ("Sigmoid", "Tanh", "Tanh")  # per direction
 SELF_CHECK_ROWS = 32
 SELF_CHECK_ATOL = 1e-5
 PREFIX = "streamlined_"
@@ -115,6 +120,16 @@ def _unsupported(lstm, weights) -> str | None:
     direction = _attr(lstm, "direction") or "forward"
     if direction not in DIRECTIONS or _attr(lstm, "layout") not in (None, 0):
         return f"{direction} LSTM"
+    others = sorted({attribute.name for attribute in lstm.attribute} - REBUILT_ATTRIBUTES)
+    if others:
+        return f"LSTM with {', '.join(others)}"
+    activations = [
+        name.decode() if isinstance(name, bytes) else name
+        for name in _attr(lstm, "activations") or ()
+    ]
+    per_direction = {tuple(activations[i : i + 3]) for i in range(0, len(activations), 3)}
+    if activations and per_direction != {DEFAULT_ACTIVATIONS}:
+        return f"LSTM with activations {activations}"
     if lstm.input[1] not in weights or lstm.input[2] not in weights:
         return "LSTM weights are not constants"
     if len(lstm.input) > 4 and lstm.input[4]:
@@ -331,12 +346,12 @@ def streamline_lstm(model: onnx.ModelProto, time_steps: int, features: int) -> R
         return Rewrite(model, False, f"left as converted: rewrite differed by {difference:.1e}")
     before, after = len(model.graph.node), len(graph.node)
     first = "the LSTM" if len(lstms) == 1 else f"the first of {len(lstms)} LSTMs"
-    folded = f"projection folded into {first}"
+    fold_note = f"projection folded into {first}"
     if all(part is None for part in chain):
-        folded = "no projection to fold"
+        fold_note = "no projection to fold"
     return Rewrite(
         rewritten,
         True,
-        f"streamlined: {before} -> {after} nodes, {folded} "
+        f"streamlined: {before} -> {after} nodes, {fold_note} "
         f"(max |diff| {difference:.1e} on random rows)",
     )

@@ -47,19 +47,20 @@ class Plan:
 
 
 def plan(root: Path, targets: Sequence[str] | None = None) -> Plan:
-    """stage_order and stale_stages from one look at the repository (each opening costs)."""
-    with _open_repo(root) as repo:
-        return Plan(_order(repo, root, targets), frozenset(_stale(repo)))
-
-
-def stage_order(root: Path, targets: Sequence[str] | None = None) -> list[str]:
-    """Stages in dependency order from DVC's graph; with `targets`, those plus what they need.
+    """The stages in dependency order from DVC's graph (with `targets`: those plus what they
+    need) and what `dvc status` finds stale, from one look at the repository.
 
     Ties (e.g. `evaluate` and `export`, which both only need `train`) keep dvc.yaml's order, so
-    the order is stable from run to run.
+    the order is stable from run to run. DVC's own errors (a dvc.yaml or params.yaml it cannot
+    read) come back naming the project.
     """
-    with _open_repo(root) as repo:
-        return _order(repo, root, targets)
+    from dvc.exceptions import DvcException
+
+    try:
+        with _open_repo(root) as repo:
+            return Plan(_order(repo, root, targets), frozenset(_stale(repo)))
+    except DvcException as error:
+        raise OrchestrationError(f"DVC cannot plan the run in {root}: {error}") from error
 
 
 def stale_stages(root: Path) -> list[str]:

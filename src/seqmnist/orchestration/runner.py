@@ -14,8 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ DVC_GIT_HINTS = re.compile(
 # killed with -9 cannot stop that group itself (it runs in a session of its own, so a timeout can
 # kill it whole), so the next flow run there does (stop_left_behind).
 CHILD_GROUP_FILE = Path(".dvc/tmp/seqmnist-child.json")
+GROUP_TOKEN_ENV = "SEQMNIST_GROUP_TOKEN"  # marks the recorded command's processes as ours
 
 LineSink = Callable[[str], None]
 
@@ -116,46 +118,67 @@ def _kill_group(process: subprocess.Popen[str]) -> None:
     process.wait()
 
 
-def _start_ticks(pid: int) -> int | None:
-    """When `pid` started (clock ticks since boot, /proc/<pid>/stat): tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rpartition(")")[2].split()[19])
-
-
-def _record_group(root: Path, process: subprocess.Popen[str], cmd: Sequence[str]) -> Path:
+def _record_group(root: Path, process: subprocess.Popen[str], cmd: Sequence[str], token: str):
     from seqmnist.io import write_json
 
     path = root / CHILD_GROUP_FILE
-    record = {"pgid": process.pid, "started": _start_ticks(process.pid), "command": list(cmd)}
+    record = {
+        "pgid": process.pid,
+        "token": token,
+        "root": str(root.resolve()),
+        "command": list(cmd),
+    }
     write_json(path, record)
     return path
+
+
+def _group_members(group: int) -> Iterator[Path]:
+    """/proc/<pid> of every process in process group `group`."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rpartition(")")[2].split()[2]) == group:
+                    yield entry
+            except (OSError, ValueError, IndexError):
+                continue  # ended meanwhile
+
+
+def _carries(member: Path, token: str) -> bool:
+    try:
+        return f"{GROUP_TOKEN_ENV}={token}".encode() in (member / "environ").read_bytes().split(
+            b"\0"
+        )
+    except OSError:
+        return False
 
 
 def stop_left_behind(root: Path) -> str | None:
     """Stop the command a killed flow run left running in `root`; say what was stopped.
 
     Call it holding the workspace lock (lock.workspace_lock): the run that recorded the group is
-    then known to be dead. A group whose leader is gone is still that command's (Linux never
-    hands out a pid that is in use as a process group id); a leader with another start time is
-    a reused pid, left alone.
+    then known to be dead. The group is stopped only if one of its processes carries the
+    record's token in its environment: a pid reused since (hours later, after a reboot) or a
+    record copied with the workspace (its `root` differs) names nothing of ours.
     """
     path = root / CHILD_GROUP_FILE
     try:
         record = json.loads(path.read_text())
-        group, started = int(record["pgid"]), record.get("started")
+        group, token, recorded_root = int(record["pgid"]), str(record["token"]), record["root"]
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError):
         path.unlink(missing_ok=True)  # unreadable: nothing can be identified by it
         return None
     stopped = None
-    leader_started = _start_ticks(group)
-    if _group_exists(group) and leader_started in {None, started}:
-        _stop_group(group)
-        stopped = f"process group {group} ({' '.join(record.get('command', []))})"
+    ours = recorded_root == str(root.resolve()) and any(
+        _carries(member, token) for member in _group_members(group)
+    )
+    if ours:
+        try:
+            _stop_group(group)
+            stopped = f"process group {group} ({' '.join(record.get('command', []))})"
+        except PermissionError:
+            stopped = f"nothing: process group {group} is another user's"
     path.unlink(missing_ok=True)
     return stopped
 
@@ -176,10 +199,11 @@ def run_command(
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     ran_stage = False
     started = time.monotonic()
+    token = uuid.uuid4().hex
     process = subprocess.Popen(
         list(cmd),
         cwd=cwd,
-        env=child_env(),
+        env=child_env({GROUP_TOKEN_ENV: token} if record_group else None),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -203,7 +227,7 @@ def run_command(
     timed_out = False
     record = None
     try:
-        record = _record_group(cwd, process, cmd) if record_group else None
+        record = _record_group(cwd, process, cmd, token) if record_group else None
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True

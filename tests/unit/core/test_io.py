@@ -110,3 +110,42 @@ def test_a_killed_writer_still_a_zombie_counts_as_gone(tmp_path: Path) -> None:
         assert io.sweep_orphaned_temps(tmp_path / "out.npy") == [orphan]
     finally:
         writer.wait()
+
+
+def test_an_input_that_cannot_be_read_is_not_called_a_write_error(tmp_path: Path) -> None:
+    """Only errors about the output become OutputWriteError: a missing input keeps its own
+    error (and its handler's retry or message), as do network errors."""
+    with pytest.raises(FileNotFoundError, match="missing-input"), io.atomic_path(tmp_path / "o"):
+        open(tmp_path / "missing-input")  # noqa: SIM115
+    with pytest.raises(ConnectionResetError), io.atomic_dir(tmp_path / "d"):
+        raise ConnectionResetError(errno.ECONNRESET, "reset by peer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_into_a_staging_folder_names_the_output(tmp_path: Path) -> None:
+    """write_json into atomic_dir's staging folder fails: the message names models/onnx, not
+    a temp path, and claims no previous folder on a first write."""
+    target = tmp_path / "models" / "onnx"
+    with (
+        pytest.raises(OutputWriteError) as caught,
+        io.atomic_dir(target) as staging,
+        io.atomic_open(staging / "report.json"),
+    ):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    message = str(caught.value)
+    assert message.startswith(f"cannot write {target}: No space left on device")
+    assert ".tmp" not in message and "previous" not in message
+    assert caught.value.target == target
+    assert sorted(p.name for p in target.parent.iterdir()) == []
+
+
+def test_a_folder_killed_between_two_renames_is_put_back(tmp_path: Path) -> None:
+    """Without the exchange, a kill between atomic_dir's renames leaves the old folder only in
+    the dead writer's temp: the next write of that folder restores it before sweeping."""
+    target = tmp_path / "checkpoint"
+    holder = tmp_path / f".checkpoint.{dead_pid()}.abcd1234.tmp"
+    (holder / io.PREVIOUS).mkdir(parents=True)
+    fill(holder / io.PREVIOUS, "old")
+    assert io.sweep_orphaned_temps(target) == [holder]
+    assert (target / "file.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]

@@ -73,3 +73,17 @@ def test_rotation_is_about_the_centre(degrees: float) -> None:
     weights = turned[rows, columns]
     centre = (np.average(rows, weights=weights), np.average(columns, weights=weights))
     assert np.allclose(centre, (13.5, 13.5), atol=0.1), centre
+
+
+def test_scaling_keeps_the_centre_of_a_frame_that_is_not_square() -> None:
+    """Rows and columns have their own centres: swapping them would move the ink."""
+    image = np.zeros((1, 20, 28), np.float32)
+    image[0, 7:12, 11:16] = 1.0  # a 5 x 5 block about (9, 13), the centre (9.5, 13.5) nearby
+    grown = rotate_and_scale(image, 0, 0.3, Fixed())[0]
+    rows, columns = np.nonzero(grown)
+    before = np.nonzero(image[0])
+    weights = grown[rows, columns]
+    centre = np.average(rows, weights=weights), np.average(columns, weights=weights)
+    moved_from = np.array([before[0].mean(), before[1].mean()])
+    expected = (moved_from - (9.5, 13.5)) * 1.3 + (9.5, 13.5)  # scaled about the frame's centre
+    assert np.allclose(centre, expected, atol=0.05), (centre, expected)

@@ -101,3 +101,26 @@ def test_other_graphs_are_left_exactly_as_converted(build):
     assert not rewrite.applied
     assert rewrite.note.startswith("left as converted")
     assert rewrite.model.SerializeToString() == proto.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "says"),
+    [
+        ("clip", 3.0, "LSTM with clip"),
+        ("input_forget", 1, "LSTM with input_forget"),
+        ("activations", [b"Sigmoid", b"Relu", b"Tanh"], "LSTM with activations"),
+    ],
+)
+def test_an_lstm_computing_otherwise_is_left_as_converted(attribute, value, says):
+    """The rebuilt op carries hidden_size and direction only: an LSTM whose attributes change
+    what it computes must not be rebuilt without them."""
+    from onnx import helper
+
+    proto = converted(build_model(STREAMLINED["one-lstm"], TIME_STEPS, FEATURES))
+    lstm = next(node for node in proto.graph.node if node.op_type == "LSTM")
+    kept = [a for a in lstm.attribute if a.name != attribute]
+    del lstm.attribute[:]
+    lstm.attribute.extend([*kept, helper.make_attribute(attribute, value)])
+    rewrite = streamline_lstm(proto, TIME_STEPS, FEATURES)
+    assert not rewrite.applied and says in rewrite.note
+    assert rewrite.model.SerializeToString() == proto.SerializeToString()

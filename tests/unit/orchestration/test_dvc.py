@@ -22,9 +22,9 @@ def toy(tmp_path: Path) -> Path:
 
 
 def test_stage_order_comes_from_the_dvc_graph(toy: Path) -> None:
-    assert dvc.stage_order(toy) == ALL_STAGES
-    assert dvc.stage_order(toy, ["evaluate"]) == ["download", "preprocess", "train", "evaluate"]
-    assert dvc.stage_order(toy, ["export", "preprocess"]) == [
+    assert dvc.plan(toy).order == ALL_STAGES
+    assert dvc.plan(toy, ["evaluate"]).order == ["download", "preprocess", "train", "evaluate"]
+    assert dvc.plan(toy, ["export", "preprocess"]).order == [
         "download",
         "preprocess",
         "train",
@@ -34,13 +34,13 @@ def test_stage_order_comes_from_the_dvc_graph(toy: Path) -> None:
 
 def test_unknown_stage_is_named(toy: Path) -> None:
     with pytest.raises(OrchestrationError, match=r"unknown stage.*nope"):
-        dvc.stage_order(toy, ["nope"])
+        dvc.plan(toy, ["nope"])
 
 
 def test_real_pipeline_order_matches_dvc_yaml() -> None:
     from support.project import PROJECT_ROOT
 
-    assert dvc.stage_order(PROJECT_ROOT) == ALL_STAGES
+    assert dvc.plan(PROJECT_ROOT).order == ALL_STAGES
 
 
 def test_overrides_are_written_like_dvc_exp_run_set(toy: Path) -> None:
@@ -69,9 +69,13 @@ def test_version_reads_dvc_lock_params_and_metrics(toy: Path) -> None:
     assert history.workspace_record(toy)["id"] == record["id"]
 
 
-def test_plan_is_stage_order_and_status_from_one_look(toy: Path) -> None:
-    first = dvc.plan(toy, ["train"])
-    assert first.order == dvc.stage_order(toy, ["train"]) == ["download", "preprocess", "train"]
-    assert first.stale == set(dvc.stale_stages(toy)) == set(ALL_STAGES)  # nothing ran yet
+def test_plan_gives_what_dvc_status_lists(toy: Path) -> None:
+    assert dvc.plan(toy, ["train"]).stale == set(dvc.stale_stages(toy)) == set(ALL_STAGES)
     runner.run_stage(toy, "download")
     assert dvc.plan(toy).stale == set(ALL_STAGES) - {"download"}
+
+
+def test_plan_names_the_project_when_dvc_cannot_read_it(toy: Path) -> None:
+    (toy / "dvc.yaml").write_text("stages: [not, a, mapping")
+    with pytest.raises(OrchestrationError, match=f"DVC cannot plan the run in {toy}"):
+        dvc.plan(toy)

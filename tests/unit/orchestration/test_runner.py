@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect.states import Failed
 
 from seqmnist.errors import StageFailed
 from seqmnist.orchestration import runner
@@ -169,7 +170,10 @@ def test_stage_failing_on_bad_input_is_not_retried(
     engine.task_run = object()
     engine.logger = logging.getLogger("seqmnist.tests.retry_policy")
     engine.set_state = lambda state, force=False: None
-    assert engine.handle_retry(StageFailed("download", returncode, "log", timed_out)) is retried
+    failure = StageFailed("download", returncode, "log", timed_out)
+    assert engine.handle_retry(failure) is retried
+    # Prefect treats a condition that raises as "no retry": ask the condition itself too.
+    assert load_pipeline()._worth_retrying(None, None, Failed(data=failure)) is retried
 
 
 LEFT_RUNNING = textwrap.dedent(
@@ -208,18 +212,25 @@ def test_the_next_run_stops_what_a_killed_run_left_running(tmp_path: Path) -> No
     assert runner.stop_left_behind(tmp_path) is None
 
 
-def test_a_reused_pid_is_left_alone(tmp_path: Path) -> None:
-    """A record whose pid now belongs to a process started later names another process."""
-    other = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+@pytest.mark.parametrize("record", ["reused pid", "copied workspace"])
+def test_a_group_that_is_not_ours_is_left_alone(tmp_path: Path, record: str) -> None:
+    """A record whose pgid now names another process group (a pid reused hours later), or a
+    record copied with the workspace (`cp -a` while a flow ran), must stop nothing."""
+    theirs = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"],
+        start_new_session=True,
+        env={**os.environ, runner.GROUP_TOKEN_ENV: "their-token"},
     )
     try:
-        record = tmp_path / runner.CHILD_GROUP_FILE
-        record.parent.mkdir(parents=True)
-        stale = {"pgid": other.pid, "started": 1, "command": ["dvc", "repro"]}
-        record.write_text(json.dumps(stale))
+        path = tmp_path / runner.CHILD_GROUP_FILE
+        path.parent.mkdir(parents=True)
+        token, root = (
+            ("our-token", str(tmp_path)) if record == "reused pid" else ("their-token", "/else")
+        )
+        stale = {"pgid": theirs.pid, "token": token, "root": root, "command": ["dvc", "repro"]}
+        path.write_text(json.dumps(stale))
         assert runner.stop_left_behind(tmp_path) is None
-        assert _alive(other.pid) and not record.exists()
+        assert _alive(theirs.pid) and not path.exists()
     finally:
-        other.kill()
-        other.wait()
+        theirs.kill()
+        theirs.wait()
