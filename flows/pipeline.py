@@ -142,17 +142,16 @@ def run_stages_and_publish(
             " -> ".join(plan.order),
             sorted(plan.stale) or "none",
         )
-        started = upstream_ran = False
+        # Once DVC reproduces a stage (runs it, or restores it from its run cache), the stages
+        # after it may be stale too, and only DVC knows what is stale from then on.
+        asked_dvc = False
         for stage in plan.order:
-            unchanged = not (force or upstream_ran or stage in plan.stale)
-            started = started or not unchanged
-            result = repro_stage(str(root), stage, force, stage_timeout_s, unchanged)
-            upstream_ran = upstream_ran or not result["skipped"]
+            unchanged = not (force or asked_dvc or stage in plan.stale)
+            repro_stage(str(root), stage, force, stage_timeout_s, unchanged)
+            asked_dvc = asked_dvc or not unchanged
         if remote:
             dvc_sync(str(root), "push")  # the data first: no commit or tag may name missing data
-        # DVC may have restored a stale stage from its run cache: its status is known only when
-        # no `dvc repro` started.
-        outcome = publish_version(str(root), remote, None if started else sorted(plan.stale))
+        outcome = publish_version(str(root), remote, None if asked_dvc else sorted(plan.stale))
         if outcome.changed:
             report(str(root), outcome)
     return outcome

@@ -111,4 +111,5 @@ def test_disk_full_during_a_stage(real_reference, fault_log, tmp_path, stage) ->
     assert not left, f"partial files left: {left}"
     assert not changed, f"previous outputs changed: {changed}"
     assert not traceback, f"a traceback, not one clear line:\n{done.stderr[-3000:]}"
-    assert str(folder.relative_to(project)) in last_line, f"the error names no file: {last_line}"
+    named = f"cannot write {folder.relative_to(project)}/"
+    assert named in last_line and ".tmp" not in last_line, f"names no output: {last_line}"

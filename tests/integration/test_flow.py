@@ -163,6 +163,21 @@ def test_subset_run_publishes_nothing(
     assert registered(project) == []
 
 
+def test_stages_restored_from_the_run_cache_are_published(
+    pipeline: ModuleType,
+    tmp_path: Path,
+) -> None:
+    """Params A, then B, then A again: DVC restores A's outputs from its run cache (no stage
+    "runs"), so the flow must ask DVC again before publishing, not trust its status from before."""
+    project = make_toy_project(tmp_path / "toy")
+    for quality in ("0.96", "0.97", "0.96"):
+        state = run_flow(pipeline, project, set_params=[f"train.quality={quality}"])
+        assert state.is_completed(), state.message
+        assert "not up to date" not in state.message, state.message
+    assert registered(project) == ["v1.0.0", "v1.1.0", "v1.2.0"]
+    assert history.versions(project, ARTIFACT)[-1]["metrics"][ACCURACY] == 0.96
+
+
 @pytest.mark.slow
 def test_real_pipeline_with_quick_params(
     pipeline: ModuleType,
