@@ -60,15 +60,15 @@ class TrainParams(_Frozen):
     seed: int = 42
     max_train_samples: PositiveInt | None = None
     model: ModelParams = ModelParams()
-    epochs: PositiveInt = 20
+    epochs: PositiveInt = 26
     batch_size: PositiveInt = 256
     augment_max_shift: Annotated[int, Field(ge=0, le=8)] = 2
-    augment_max_degrees: Annotated[float, Field(ge=0, le=45)] = 0.0
-    augment_max_scale: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+    augment_max_degrees: Annotated[float, Field(ge=0, le=45)] = 10.0
+    augment_max_scale: Annotated[float, Field(ge=0, le=0.5)] = 0.1
     learning_rate: PositiveFloat = 0.002
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
-    early_stopping_patience: PositiveInt = 6
+    early_stopping_patience: PositiveInt = 8
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
     lstm_backend: LstmBackend = "auto"
 
