@@ -297,13 +297,17 @@ with get_client(sync_client=True) as client:
     if not client.read_automations_by_name("crash-silent-flow-runs"):
         Automation(
             name="crash-silent-flow-runs",
-            description="A flow run whose heartbeats stop (its worker died) is marked Crashed.",
+            description="A deployment's flow run that goes silent (its worker died) is marked "
+                        "Crashed.",
+            # After Running too: a run killed before its first heartbeat reached the server
+            # sent none. Deployments' runs only: runs started from a terminal send no heartbeats.
             trigger=EventTrigger(
-                after={{"prefect.flow-run.heartbeat"}},
+                after={{"prefect.flow-run.heartbeat", "prefect.flow-run.Running"}},
                 expect={{"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
                         "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
                         "prefect.flow-run.Crashed"}},
                 match=ResourceSpecification({{"prefect.resource.id": ["prefect.flow-run.*"]}}),
+                match_related=ResourceSpecification({{"prefect.resource.role": "deployment"}}),
                 for_each={{"prefect.resource.id"}},
                 posture=Posture.Proactive,
                 threshold=1,
