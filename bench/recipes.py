@@ -41,17 +41,20 @@ BEFORE = (
     "train.early_stopping_patience=6",
 )
 ROTATE10_SCALE10 = ("train.augment_max_degrees=10", "train.augment_max_scale=0.1")
+ROTATE10_SCALE10_26EP = (
+    *ROTATE10_SCALE10,
+    "train.epochs=26",
+    "train.early_stopping_patience=8",
+)
 BIDIRECTIONAL_16EP = ("train.model.bidirectional=true", "train.epochs=16")
 # Candidate name -> its params on top of BEFORE (later overrides win).
 CANDIDATES: dict[str, tuple[str, ...]] = {
     "default": (),
     "rotate10-scale10": ROTATE10_SCALE10,
     "rotate15-scale15": ("train.augment_max_degrees=15", "train.augment_max_scale=0.15"),
-    "rotate10-scale10-26ep": (
-        *ROTATE10_SCALE10,
-        "train.epochs=26",
-        "train.early_stopping_patience=8",
-    ),
+    "rotate10-scale10-26ep": ROTATE10_SCALE10_26EP,
+    "rotate10-scale10-26ep-dropout0.2": (*ROTATE10_SCALE10_26EP, "train.model.dropout=0.2"),
+    "rotate10-scale10-26ep-lr0.003": (*ROTATE10_SCALE10_26EP, "train.learning_rate=0.003"),
     "2layers-14ep": ("train.model.layers=2", "train.epochs=14"),
     "bidirectional-16ep": BIDIRECTIONAL_16EP,
     "bidirectional-rotate10-scale10-16ep": (*BIDIRECTIONAL_16EP, *ROTATE10_SCALE10),
