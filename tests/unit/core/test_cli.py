@@ -75,3 +75,47 @@ def test_train_without_a_compiler_says_how_to_go_on(tmp_path, monkeypatch):
     assert "seqmnist train: error: cannot compile" in done.stderr
     assert "lstm_sequence.cc" in done.stderr and "train.lstm_backend: keras" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# A stand-in for `main` that leaves what a real command leaves behind: an exit hook registered
+# while it ran (as Prefect's log and event flushing is), a half-written line in stdout's buffer, a
+# log record, and a non-daemon thread that must finish.
+EXIT_HOOK_PROGRAM = """
+import atexit, logging, sys, threading, time
+from seqmnist import cli
+
+def fake_main():
+    atexit.register(lambda: print("hook ran after main", flush=True))
+    logging.basicConfig(stream=sys.stderr, format="%(message)s", level=logging.INFO)
+    logging.getLogger("seqmnist.test").info("logged")
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished"))).start()
+    sys.stdout.write("buffered, no newline")
+    return {code}
+
+cli.main = fake_main
+cli.run()
+"""
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_the_command_skips_teardown_but_not_hooks_threads_or_buffers(code):
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_HOOK_PROGRAM.format(code=code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == code
+    assert "buffered, no newline" in done.stdout
+    assert "thread finished" in done.stdout
+    assert "hook ran after main" in done.stdout
+    assert done.stderr.strip() == "logged"
+
+
+def test_a_command_that_raises_ends_the_usual_way():
+    program = "from seqmnist import cli\ncli.main = lambda: 1 / 0\ncli.run()\n"
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "ZeroDivisionError" in done.stderr
