@@ -55,6 +55,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "rotate10-scale10-26ep": ROTATE10_SCALE10_26EP,
     "rotate10-scale10-26ep-dropout0.2": (*ROTATE10_SCALE10_26EP, "train.model.dropout=0.2"),
     "rotate10-scale10-26ep-lr0.003": (*ROTATE10_SCALE10_26EP, "train.learning_rate=0.003"),
+    "rotate10-scale10-26ep-max-readout": (*ROTATE10_SCALE10_26EP, "train.model.readout=max"),
+    "rotate10-scale10-26ep-mean-readout": (*ROTATE10_SCALE10_26EP, "train.model.readout=mean"),
     "2layers-14ep": ("train.model.layers=2", "train.epochs=14"),
     "bidirectional-16ep": BIDIRECTIONAL_16EP,
     "bidirectional-rotate10-scale10-16ep": (*BIDIRECTIONAL_16EP, *ROTATE10_SCALE10),

@@ -54,6 +54,7 @@ class ModelParams(_Frozen):
     bidirectional: bool = False
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.3
     input_projection: PositiveInt | None = 128
+    readout: Literal["last", "max", "mean"] = "last"
 
 
 class TrainParams(_Frozen):

@@ -12,6 +12,13 @@ RECURRENT_CELLS = {
     "gru": layers.GRU,
     "simple_rnn": layers.SimpleRNN,
 }
+# What the classifier reads from the last recurrent layer's outputs [batch, time_steps, units]:
+# its last step (None), or each unit's maximum or mean over the time steps.
+READOUTS = {
+    "last": None,
+    "max": layers.GlobalMaxPooling1D,
+    "mean": layers.GlobalAveragePooling1D,
+}
 
 
 def fusable(params: ModelParams) -> bool:
@@ -38,7 +45,8 @@ def build_model(
 
     Shapes: rows [batch, time_steps, features]
       -> optional projection  [batch, time_steps, input_projection]
-      -> recurrent layers     [batch, time_steps, units] ... last layer [batch, units (x2 if bi)]
+      -> recurrent layers     [batch, time_steps, units (x2 if bi)] ...
+      -> last layer's readout [batch, units (x2 if bi)]: its last step, or a max/mean over steps
       -> Dense                [batch, num_classes] logits
     """
     if kernel and not fusable(params):
@@ -48,25 +56,29 @@ def build_model(
     if params.input_projection and not kernel:
         hidden = layers.Dense(params.input_projection, name="row_projection")(hidden)
     cell = RECURRENT_CELLS[params.cell]
+    pooling = READOUTS[params.readout]
     for index in range(params.layers):
         is_last = index == params.layers - 1
+        sequences = not is_last or pooling is not None
         name = f"{params.cell}_{index}"
         if kernel:
             from seqmnist.modeling.fused_lstm import FusedLSTM
 
             recurrent = FusedLSTM(
                 params.units,
-                return_sequences=not is_last,
+                return_sequences=sequences,
                 input_projection=params.input_projection if index == 0 else None,
                 input_gradient=index > 0,  # the first layer reads the data
                 bidirectional=params.bidirectional,
                 name=f"bi_{name}" if params.bidirectional else name,
             )
         else:
-            recurrent = cell(params.units, return_sequences=not is_last, unroll=unroll, name=name)
+            recurrent = cell(params.units, return_sequences=sequences, unroll=unroll, name=name)
             if params.bidirectional:
                 recurrent = layers.Bidirectional(recurrent, name=f"bi_{name}")
         hidden = recurrent(hidden)
+        if is_last and pooling is not None:
+            hidden = pooling(name=f"{params.readout}_over_time")(hidden)
         if params.dropout > 0:
             hidden = layers.Dropout(params.dropout, name=f"dropout_{index}")(hidden)
     logits = layers.Dense(num_classes, name="logits")(hidden)

@@ -159,6 +159,25 @@ def test_stacked_model_matches_keras_outputs_and_gradients(bidirectional):
     _assert_same([output, *weight_gradients], [want_output, *want_weight_gradients])
 
 
+@pytest.mark.parametrize("readout", ["max", "mean"])
+def test_pooled_readout_matches_keras_outputs_and_gradients(readout):
+    """The classifier reads every step: the kernel returns the whole sequence and takes a
+    gradient for every step of it."""
+    params = ModelParams(units=6, input_projection=5, dropout=0.0, readout=readout)
+    rng = np.random.default_rng(22)
+    reference = build_model(params, time_steps=8, features=7)
+    ours = build_model(params, time_steps=8, features=7, kernel=True)
+    assert _recurrent_types(ours) == [FusedLSTM]
+    assert ours.get_layer(f"{readout}_over_time").input.shape == (None, 8, 6)
+    weights = [_random(rng, w.shape, 0.5) for w in reference.get_weights()]
+    reference.set_weights(weights)
+    ours.set_weights(weights)
+    rows, upstream = _random(rng, (5, 8, 7)), _random(rng, (5, 10))
+    (output, _, *weight_gradients) = _outputs_and_gradients(ours, rows, upstream)
+    (want_output, _, *want_weight_gradients) = _outputs_and_gradients(reference, rows, upstream)
+    _assert_same([output, *weight_gradients], [want_output, *want_weight_gradients])
+
+
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["lstm", "bidirectional"])
 def test_fresh_layer_initialises_like_keras(bidirectional):
     """Forget-gate bias 1, the rest 0; orthogonal recurrent weights; in each direction."""

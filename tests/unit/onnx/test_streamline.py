@@ -92,15 +92,21 @@ def _bidirectional_summing_directions() -> keras.Model:
         lambda: build_model(ModelParams(cell="gru", units=6), TIME_STEPS, FEATURES),
         _lstms_with_a_dense_between,
         _bidirectional_summing_directions,
+        lambda: build_model(ModelParams(units=6, readout="max"), TIME_STEPS, FEATURES),
+        lambda: build_model(ModelParams(units=6, readout="mean"), TIME_STEPS, FEATURES),
     ],
-    ids=["gru", "dense-between-lstms", "bidirectional-sum"],
+    ids=["gru", "dense-between-lstms", "bidirectional-sum", "max-readout", "mean-readout"],
 )
 def test_other_graphs_are_left_exactly_as_converted(build):
-    proto = converted(build())
+    """... and the converted graph computes the Keras model's function."""
+    model = build()
+    proto = converted(model)
     rewrite = streamline_lstm(proto, TIME_STEPS, FEATURES)
     assert not rewrite.applied
     assert rewrite.note.startswith("left as converted")
     assert rewrite.model.SerializeToString() == proto.SerializeToString()
+    rows = np.random.default_rng(2).uniform(0, 1, (5, TIME_STEPS, FEATURES)).astype(np.float32)
+    np.testing.assert_allclose(onnx_logits(proto, rows), np.asarray(model(rows)), atol=1e-5)
 
 
 @pytest.mark.parametrize(
