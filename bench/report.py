@@ -186,6 +186,11 @@ def _accuracy(accuracy: dict) -> list[str]:
 SECTIONS = (
     ("flops", "Model FLOPs", _flops),
     ("training", "Training throughput", _training),
+    (
+        "training_bidirectional",
+        "Training throughput, bidirectional (`train.model.bidirectional: true`)",
+        _training,
+    ),
     ("inference", "Inference", _inference),
     ("pipeline", "Pipeline overhead", _pipeline),
     ("accuracy", "Time to 99% accuracy (default params)", _accuracy),

@@ -47,6 +47,7 @@ class TrainingPlan:
 
 
 FULL = TrainingPlan(samples_per_round=25_600, rounds=4, budget_s=200)
+FULL_BIDIRECTIONAL = TrainingPlan(samples_per_round=12_800, rounds=4, budget_s=150)
 QUICK = TrainingPlan(samples_per_round=512, rounds=3, budget_s=30, min_steps=2, warmup_steps=1)
 
 
@@ -109,11 +110,14 @@ def _epoch_arrays(
     x: np.ndarray, y: np.ndarray, params: TrainParams, epoch: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shuffle and augment as train.run does; both frameworks train on the result."""
+    from seqmnist.modeling.augment import rotate_and_scale
     from seqmnist.modeling.training import AUGMENT_STREAM, epoch_order, shift_images
 
     order = epoch_order(len(x), params.seed, epoch)
     rng = np.random.default_rng([params.seed, epoch, AUGMENT_STREAM])
-    return shift_images(x[order], params.augment_max_shift, rng), y[order]
+    x_epoch = shift_images(x[order], params.augment_max_shift, rng)
+    x_epoch = rotate_and_scale(x_epoch, params.augment_max_degrees, params.augment_max_scale, rng)
+    return x_epoch, y[order]
 
 
 def run(

@@ -70,6 +70,12 @@ def test_quick_mode_writes_every_figure(tmp_path: Path) -> None:
     keras = sections["training"]["keras"]["samples_per_s"]
     assert len(keras["runs"]) >= 3 and keras["min"] <= keras["median"] <= keras["max"]
     assert sections["training"]["keras"]["executed_percent_of_peak"] > 0
+    both_ways = sections["training_bidirectional"]["keras"]
+    assert (
+        both_ways["executed_flops_per_sample"]
+        > sections["training"]["keras"]["executed_flops_per_sample"]
+    )
+    assert both_ways["samples_per_s"]["median"] > 0
     inference = sections["inference"]
     assert inference["runtimes"]["ours (ORT)"]["b1_latency"]["median"] > 0
     assert "keras predict" in inference["runtimes"]
