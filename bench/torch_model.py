@@ -65,11 +65,17 @@ def _recurrent(params: ModelParams, input_size: int):
     return module
 
 
-def _last_step(sequence, units: int, bidirectional: bool):
-    """Keras's return_sequences=False: the forward direction after the last step and, when
-    bidirectional, the backward one after step 0 (its own last), concatenated in that order."""
-    if not bidirectional:
+def _readout(sequence, params: ModelParams):
+    """What the classifier reads (modeling.model.READOUTS): each unit's max or mean over the
+    steps, or Keras's return_sequences=False: the forward direction after the last step and,
+    when bidirectional, the backward one after step 0 (its own last), concatenated in that order."""
+    if params.readout == "max":
+        return sequence.amax(dim=1)
+    if params.readout == "mean":
+        return sequence.mean(dim=1)
+    if not params.bidirectional:
         return sequence[:, -1]
+    units = params.units
     return _torch().cat((sequence[:, -1, :units], sequence[:, 0, units:]), dim=1)
 
 
@@ -96,8 +102,7 @@ def build(params: ModelParams, features: int, num_classes: int = 10, fused: bool
         def forward(self, rows):
             hidden = self.projection(rows) if self.projection is not None else rows
             sequence, _ = self.recurrent(hidden)
-            last = _last_step(sequence, params.units, params.bidirectional)
-            return self.logits(self.dropout(last))
+            return self.logits(self.dropout(_readout(sequence, params)))
 
     model = SeqRNN()
     if not fused or model.projection is None:

@@ -237,11 +237,19 @@ def _keras_state_dict(keras_model, params: ModelParams) -> dict[str, np.ndarray]
 
 
 @pytest.mark.parametrize(
-    "params", [ModelParams(), TWO_LAYER_BIDIRECTIONAL], ids=["1x128", "2x64bi"]
+    "params",
+    [
+        ModelParams(),
+        TWO_LAYER_BIDIRECTIONAL,
+        ModelParams(readout="max"),
+        ModelParams(readout="mean"),
+    ],
+    ids=["1x128", "2x64bi", "max-readout", "mean-readout"],
 )
 def test_pytorch_reference_computes_the_keras_models_function(params) -> None:
-    """Keras's weights in the reference give Keras's logits: same layers in the same order, and
-    the last step of a bidirectional layer read as Keras's Bidirectional reads it."""
+    """Keras's weights in the reference give Keras's logits: same layers in the same order, the
+    last step of a bidirectional layer read as Keras's Bidirectional reads it, pooled readouts
+    pooled over the same steps."""
     torch = pytest.importorskip("torch")
     keras_model = _keras_model(params)
     reference = bench_module("torch_model").build(params, ROWS).eval()
