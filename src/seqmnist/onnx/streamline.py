@@ -9,6 +9,9 @@ none of it. For LSTMs reading a linear projection of the rows, the same function
     (W' = W Wp^T, B' = B + W bp) [-> directions side by side -> LSTM ...] -> Y_h
     -> directions side by side -> classifier
 
+or, for a model whose classifier reads a max or mean over the steps (train.model.readout), the
+last LSTM's Y -> directions side by side -> that ReduceMax/ReduceMean (as converted) -> classifier,
+
 where "directions side by side" is a Squeeze for a forward LSTM and Transpose + Reshape for a
 bidirectional one: forward then backward units, as Keras's Bidirectional concatenates them, and
 Y_h of the backward direction is its output at the first time step, the one Keras returns. For
@@ -18,9 +21,10 @@ if the two disagree; the export stage then verifies the result against Keras lik
 
 Left as converted: "reverse" LSTMs (Keras's go_backwards alone, which build_model never makes:
 the next layer reads its sequence time-flipped, a step this rewrite does not rebuild), and any
-LSTM whose output something other than layout ops reads before the next LSTM or the classifier
-(e.g. Bidirectional's merge modes other than concat). Layout ops that select other than what
-the rewrite assumes (say a slice of the time steps) are caught by the self-check.
+LSTM whose output something other than layout ops reads before the next LSTM, the classifier or
+a pooling the classifier alone reads (e.g. Bidirectional's merge modes other than concat).
+Layout ops that select other than what the rewrite assumes (say a slice of the time steps), or a
+pooling over another axis than the steps, are caught by the self-check.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ LAYOUT_OPS = {
 }
 SHAPE_OP = "Shape"  # reads only a tensor's shape: sizes the next LSTM's zero initial states
 CLASSIFIER_OPS = {"MatMul", "Gemm"}
+POOLING_OPS = {"ReduceMax", "ReduceMean"}  # a readout over the steps, kept as converted
 DIRECTIONS = {"forward", "bidirectional"}
 # The LSTM attributes the rebuilt op carries over (hidden_size, direction) or can drop (layout
 # 0, the default gate functions); one with any other (clip, input_forget, other activations)
@@ -58,6 +63,7 @@ SELF_CHECK_ROWS = 32
 SELF_CHECK_ATOL = 1e-5
 PREFIX = "streamlined_"
 LAST_HIDDEN = PREFIX + "last_hidden"  # what the classifier reads: [batch, directions * units]
+LAST_SEQUENCE = PREFIX + "last_sequence"  # what a pooling reads: [time, batch, directions * units]
 
 
 @dataclass(frozen=True)
@@ -155,14 +161,19 @@ def _readers(lstm, graph) -> list[onnx.NodeProto]:
     return readers
 
 
-def _stack_and_classifier(lstms, graph) -> onnx.NodeProto | str:
-    """The classifier's MatMul/Gemm, if each LSTM is read by the next one only and the last
-    one by that classifier only; else why not."""
+def _stack_and_head(lstms, graph) -> onnx.NodeProto | str:
+    """What reads the stack: the classifier's MatMul/Gemm, or a pooling over the steps read by
+    the classifier only, if each LSTM is read by the next one only and the last one by that
+    head only; else why not."""
     for index, (lstm, following) in enumerate(itertools.pairwise(lstms)):
         readers = _readers(lstm, graph)
         if [node.name for node in readers] != [following.name]:
             return f"LSTM {index}'s output is read by {sorted(n.op_type for n in readers)}"
     readers = _readers(lstms[-1], graph)
+    if len(readers) == 1 and readers[0].op_type in POOLING_OPS:
+        pooled_by = _readers(readers[0], graph)
+        if len(pooled_by) == 1 and pooled_by[0].op_type in CLASSIFIER_OPS:
+            return readers[0]
     if len(readers) != 1 or readers[0].op_type not in CLASSIFIER_OPS:
         return f"the last LSTM's output is read by {sorted(n.op_type for n in readers)}"
     return readers[0]
@@ -268,10 +279,11 @@ def _agrees(original: onnx.ModelProto, rewritten: onnx.ModelProto, shape) -> flo
 
 
 def _rebuilt_stack(
-    lstms, weights, rows: str
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes and layout constants of the stack rewritten as above: `rows` [batch, time,
-    features] -> LAST_HIDDEN [batch, directions * units]; the first LSTM reads W and B."""
+    lstms, weights, rows: str, pooled: bool
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto], str]:
+    """Nodes and layout constants of the stack rewritten as above, and its output: `rows`
+    [batch, time, features] -> LAST_HIDDEN [batch, directions * units], or with `pooled`
+    LAST_SEQUENCE [time, batch, directions * units]; the first LSTM reads W and B."""
     nodes = [
         helper.make_node(
             "Transpose", [rows], [PREFIX + "x"], perm=[1, 0, 2], name=PREFIX + "time_major"
@@ -280,6 +292,7 @@ def _rebuilt_stack(
     constants = {}  # by name: layers of one kind share their layout constants
     for layer, lstm in enumerate(lstms):
         is_last = layer == len(lstms) - 1
+        last_step = is_last and not pooled
         lstm_weights = (
             [PREFIX + "W", lstm.input[2], PREFIX + "B"] if layer == 0 else lstm.input[1:4]
         )
@@ -287,23 +300,25 @@ def _rebuilt_stack(
         attributes = {"hidden_size": recurrent.shape[-1]}
         if len(recurrent) > 1:
             attributes["direction"] = "bidirectional"  # forward is the op's default
-        # Y [time, directions, batch, units] feeds the next LSTM, Y_h [directions, batch, units]
-        # the classifier.
-        output, axis = (_named("Y_h", layer), 0) if is_last else (_named("Y", layer), 1)
+        # Y [time, directions, batch, units] feeds the next LSTM or the pooling, Y_h
+        # [directions, batch, units] the classifier.
+        output, axis = (_named("Y_h", layer), 0) if last_step else (_named("Y", layer), 1)
         nodes.append(
             helper.make_node(
                 "LSTM",
                 [_named("x", layer), *lstm_weights],
-                ["", output] if is_last else [output],
+                ["", output] if last_step else [output],
                 name=_named("lstm", layer),
                 **attributes,
             )
         )
-        merged = LAST_HIDDEN if is_last else _named("x", layer + 1)
+        merged = _named("x", layer + 1)
+        if is_last:
+            merged = LAST_HIDDEN if last_step else LAST_SEQUENCE
         merge_nodes, merge_constants = _side_by_side(output, len(recurrent), axis, merged, layer)
         nodes.extend(merge_nodes)
         constants.update((tensor.name, tensor) for tensor in merge_constants)
-    return nodes, list(constants.values())
+    return nodes, list(constants.values()), merged
 
 
 def streamline_lstm(model: onnx.ModelProto, time_steps: int, features: int) -> Rewrite:
@@ -319,12 +334,15 @@ def streamline_lstm(model: onnx.ModelProto, time_steps: int, features: int) -> R
     chain = _input_chain(lstms[0], graph, weights)
     if isinstance(chain, str):
         return Rewrite(model, False, f"left as converted: {chain}")
-    head = _stack_and_classifier(lstms, graph)
+    head = _stack_and_head(lstms, graph)
     if isinstance(head, str):
         return Rewrite(model, False, f"left as converted: {head}")
 
     folded, b = _folded_first_weights(lstms[0], weights, chain)
-    nodes, layout_constants = _rebuilt_stack(lstms, weights, graph.input[0].name)
+    pooled = head.op_type in POOLING_OPS
+    nodes, layout_constants, stack_output = _rebuilt_stack(
+        lstms, weights, graph.input[0].name, pooled
+    )
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     graph = rewritten.graph
@@ -337,7 +355,7 @@ def streamline_lstm(model: onnx.ModelProto, time_steps: int, features: int) -> R
         ]
     )
     graph.node.extend(nodes)
-    head.input[0] = LAST_HIDDEN
+    head.input[0] = stack_output
     _prune(graph)
     _topological_sort(graph)
     onnx.checker.check_model(rewritten, full_check=True)

@@ -18,7 +18,12 @@ STREAMLINED = {
     "two-bidirectional-layers": ModelParams(
         units=6, layers=2, input_projection=5, bidirectional=True
     ),
+    "max-readout": ModelParams(units=10, input_projection=12, readout="max"),
+    "bidirectional-mean-readout": ModelParams(
+        units=6, layers=2, input_projection=5, bidirectional=True, readout="mean"
+    ),
 }
+POOLING = {"last": None, "max": "ReduceMax", "mean": "ReduceMean"}
 
 
 def converted(model: keras.Model):
@@ -42,11 +47,14 @@ def direction(lstm) -> str:
 
 def expected_op_types(params: ModelParams) -> dict[str, int]:
     """Time-major Transpose, the LSTMs, each one's directions laid side by side (Squeeze, or
-    Transpose + Reshape when bidirectional), the classifier and its softmax: no plumbing."""
+    Transpose + Reshape when bidirectional), the readout's pooling over the steps if any, the
+    classifier and its softmax: no plumbing."""
     side_by_side = {"Transpose": 1, "Reshape": 1} if params.bidirectional else {"Squeeze": 1}
     counts = {"Transpose": 1, "LSTM": params.layers, "MatMul": 1, "Softmax": 1}
     for op_type, count in side_by_side.items():
         counts[op_type] = counts.get(op_type, 0) + count * params.layers
+    if POOLING[params.readout]:
+        counts[POOLING[params.readout]] = 1
     return counts
 
 
@@ -92,21 +100,15 @@ def _bidirectional_summing_directions() -> keras.Model:
         lambda: build_model(ModelParams(cell="gru", units=6), TIME_STEPS, FEATURES),
         _lstms_with_a_dense_between,
         _bidirectional_summing_directions,
-        lambda: build_model(ModelParams(units=6, readout="max"), TIME_STEPS, FEATURES),
-        lambda: build_model(ModelParams(units=6, readout="mean"), TIME_STEPS, FEATURES),
     ],
-    ids=["gru", "dense-between-lstms", "bidirectional-sum", "max-readout", "mean-readout"],
+    ids=["gru", "dense-between-lstms", "bidirectional-sum"],
 )
 def test_other_graphs_are_left_exactly_as_converted(build):
-    """... and the converted graph computes the Keras model's function."""
-    model = build()
-    proto = converted(model)
+    proto = converted(build())
     rewrite = streamline_lstm(proto, TIME_STEPS, FEATURES)
     assert not rewrite.applied
     assert rewrite.note.startswith("left as converted")
     assert rewrite.model.SerializeToString() == proto.SerializeToString()
-    rows = np.random.default_rng(2).uniform(0, 1, (5, TIME_STEPS, FEATURES)).astype(np.float32)
-    np.testing.assert_allclose(onnx_logits(proto, rows), np.asarray(model(rows)), atol=1e-5)
 
 
 @pytest.mark.parametrize(
