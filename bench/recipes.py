@@ -53,6 +53,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "rotate10-scale10": ROTATE10_SCALE10,
     "rotate15-scale15": ("train.augment_max_degrees=15", "train.augment_max_scale=0.15"),
     "rotate10-scale10-26ep": ROTATE10_SCALE10_26EP,
+    "rotate10-scale10-30ep": (*ROTATE10_SCALE10_26EP, "train.epochs=30"),
     "rotate10-scale10-26ep-dropout0.2": (*ROTATE10_SCALE10_26EP, "train.model.dropout=0.2"),
     "rotate10-scale10-26ep-lr0.003": (*ROTATE10_SCALE10_26EP, "train.learning_rate=0.003"),
     "rotate10-scale10-26ep-max-readout": (*ROTATE10_SCALE10_26EP, "train.model.readout=max"),
