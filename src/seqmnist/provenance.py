@@ -27,6 +27,12 @@ def git_version(cwd: Path | None = None) -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
 
 
+def git_without_commits(cwd: Path | None = None) -> bool:
+    """Whether `cwd` is in a git work tree without a commit yet (`git init`, nothing committed)."""
+    inside = _git("rev-parse", "--is-inside-work-tree", cwd=cwd) == "true"
+    return inside and _git("rev-parse", "--verify", "--quiet", "HEAD", cwd=cwd) is None
+
+
 def data_checksums(stats_path: Path = DATA_STATS) -> dict[str, str]:
     """sha256 of each verified raw IDX payload, as recorded by `preprocess`."""
     try:

@@ -20,6 +20,7 @@ import numpy as np
 from seqmnist.config import TrainParams
 from seqmnist.constants import NUM_CLASSES
 from seqmnist.data.dataset import load_split
+from seqmnist.errors import ConfigError
 from seqmnist.io import atomic_path, write_json
 from seqmnist.modeling.augment import rotate_and_scale
 from seqmnist.modeling.checkpoints import (
@@ -56,7 +57,7 @@ from seqmnist.paths import (
     TRAIN_CHECKPOINT_DIR,
     TRAIN_LIVE_DIR,
 )
-from seqmnist.provenance import data_checksums, git_version
+from seqmnist.provenance import data_checksums, git_version, git_without_commits
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,12 @@ def run(
     import keras
     from dvclive import Live
 
+    if git_without_commits():  # DVCLive reads HEAD and fails there with a traceback
+        raise ConfigError(
+            f"{Path.cwd()} is a git repository without a commit: DVCLive (which logs the "
+            "training curves) needs one; commit the project first, e.g. `git add -A && git "
+            "commit -m 'seqmnist project'`"
+        )
     splits = _load(params, processed_dir)
     backend = backend_for(params)
     log.info("LSTM backend %s", backend)

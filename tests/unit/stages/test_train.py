@@ -242,6 +242,23 @@ def test_batch_larger_than_data_is_rejected_before_training(tmp_path, processed)
     assert not (tmp_path / "live").exists()
 
 
+def test_a_git_repository_without_a_commit_is_named_before_training(
+    tmp_path, processed, monkeypatch
+):
+    """DVCLive fails with a traceback there (it reads HEAD); `git init` then `dvc repro` before
+    the first commit is how a new project starts."""
+    import subprocess
+
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    monkeypatch.chdir(project)
+    with pytest.raises(ConfigError, match=r"project is a git repository without a commit"):
+        train_on_tiny_data(tmp_path, processed)
+    assert not (tmp_path / "live").exists()
+    assert not (tmp_path / "model.keras").exists()
+
+
 def test_missing_processed_data_names_the_file(tmp_path):
     with pytest.raises(DataError, match=r"train_x.npy: processed data not found"):
         train_on_tiny_data(tmp_path, tmp_path / "nowhere")
