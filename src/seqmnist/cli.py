@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -513,11 +515,15 @@ def run() -> None:
     returned: list[int] = []
 
     def end_without_teardown() -> None:  # registered first, so the last exit hook to run
-        if returned:
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(returned[0])
+        if not returned:
+            return
+        logging.shutdown()
+        for stream in {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__} - {None}:
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing reaches it
+                stream.flush()
+        with contextlib.suppress(OSError, AttributeError):  # what C libraries buffer in stdio
+            ctypes.CDLL(None).fflush(None)
+        os._exit(returned[0])
 
     atexit.register(end_without_teardown)
     returned.append(main())

@@ -29,8 +29,16 @@ def git_version(cwd: Path | None = None) -> dict[str, Any]:
 
 def git_without_commits(cwd: Path | None = None) -> bool:
     """Whether `cwd` is in a git work tree without a commit yet (`git init`, nothing committed)."""
-    inside = _git("rev-parse", "--is-inside-work-tree", cwd=cwd) == "true"
-    return inside and _git("rev-parse", "--verify", "--quiet", "HEAD", cwd=cwd) is None
+    if _git("rev-parse", "--is-inside-work-tree", cwd=cwd) != "true":
+        return False
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", "HEAD"],
+            cwd=cwd, capture_output=True, timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False  # git could not answer: not evidence of an empty repository
+    return done.returncode == 1  # --verify --quiet: 1 = no such revision, nothing else
 
 
 def data_checksums(stats_path: Path = DATA_STATS) -> dict[str, str]:

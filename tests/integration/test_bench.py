@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqmnist.config import ModelParams, TrainParams
+from seqmnist.config import ModelParams, TrainParams, load_params
 from support.project import PROJECT_ROOT
 
 BENCH = PROJECT_ROOT / "bench"
@@ -71,10 +71,12 @@ def test_quick_mode_writes_every_figure(tmp_path: Path) -> None:
     assert len(keras["runs"]) >= 3 and keras["min"] <= keras["median"] <= keras["max"]
     assert sections["training"]["keras"]["executed_percent_of_peak"] > 0
     both_ways = sections["training_bidirectional"]["keras"]
-    assert (
-        both_ways["executed_flops_per_sample"]
-        > sections["training"]["keras"]["executed_flops_per_sample"]
+    defaults = load_params(PROJECT_ROOT / "params.yaml").train
+    bidirectional = defaults.model_copy(
+        update={"model": defaults.model.model_copy(update={"bidirectional": True})}
     )
+    counts = bench_module("training").executed_flops(bidirectional)
+    assert both_ways["executed_flops_per_sample"] == counts["keras"].training
     assert both_ways["samples_per_s"]["median"] > 0
     inference = sections["inference"]
     assert inference["runtimes"]["ours (ORT)"]["b1_latency"]["median"] > 0

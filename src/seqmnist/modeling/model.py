@@ -78,7 +78,10 @@ def build_model(
                 recurrent = layers.Bidirectional(recurrent, name=f"bi_{name}")
         hidden = recurrent(hidden)
         if is_last and pooling is not None:
-            hidden = pooling(name=f"{params.readout}_over_time")(hidden)
+            # channels_last: over the time axis, whatever ~/.keras/keras.json says
+            hidden = pooling(data_format="channels_last", name=f"{params.readout}_over_time")(
+                hidden
+            )
         if params.dropout > 0:
             hidden = layers.Dropout(params.dropout, name=f"dropout_{index}")(hidden)
     logits = layers.Dense(num_classes, name="logits")(hidden)

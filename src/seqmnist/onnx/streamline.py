@@ -10,7 +10,7 @@ none of it. For LSTMs reading a linear projection of the rows, the same function
     -> directions side by side -> classifier
 
 or, for a model whose classifier reads a max or mean over the steps (train.model.readout), the
-last LSTM's Y -> directions side by side -> that ReduceMax/ReduceMean (as converted) -> classifier,
+last LSTM's Y -> directions side by side -> ReduceMax/ReduceMean over the time axis -> classifier,
 
 where "directions side by side" is a Squeeze for a forward LSTM and Transpose + Reshape for a
 bidirectional one: forward then backward units, as Keras's Bidirectional concatenates them, and
@@ -52,7 +52,8 @@ LAYOUT_OPS = {
 }
 SHAPE_OP = "Shape"  # reads only a tensor's shape: sizes the next LSTM's zero initial states
 CLASSIFIER_OPS = {"MatMul", "Gemm"}
-POOLING_OPS = {"ReduceMax", "ReduceMean"}  # a readout over the steps, kept as converted
+POOLING_OPS = {"ReduceMax", "ReduceMean"}  # a readout over the steps, rebuilt time-major
+AXES_AS_INPUT_OPSET = 18  # from opset 18 on, ReduceMax/ReduceMean take their axes as an input
 DIRECTIONS = {"forward", "bidirectional"}
 # The LSTM attributes the rebuilt op carries over (hidden_size, direction) or can drop (layout
 # 0, the default gate functions); one with any other (clip, input_forget, other activations)
@@ -64,6 +65,8 @@ SELF_CHECK_ATOL = 1e-5
 PREFIX = "streamlined_"
 LAST_HIDDEN = PREFIX + "last_hidden"  # what the classifier reads: [batch, directions * units]
 LAST_SEQUENCE = PREFIX + "last_sequence"  # what a pooling reads: [time, batch, directions * units]
+POOLED = PREFIX + "pooled"  # the pooling's output the classifier reads: [batch, directions * units]
+TIME_AXIS = PREFIX + "time_axis"
 
 
 @dataclass(frozen=True)
@@ -161,10 +164,11 @@ def _readers(lstm, graph) -> list[onnx.NodeProto]:
     return readers
 
 
-def _stack_and_head(lstms, graph) -> onnx.NodeProto | str:
-    """What reads the stack: the classifier's MatMul/Gemm, or a pooling over the steps read by
-    the classifier only, if each LSTM is read by the next one only and the last one by that
-    head only; else why not."""
+def _stack_and_head(lstms, graph) -> tuple[onnx.NodeProto, str | None] | str:
+    """The classifier's MatMul/Gemm and the pooling between it and the stack (its op type, or
+    None when the classifier reads the last step), if each LSTM is read by the next one only and
+    the last one by that pooling or classifier only; else why not. The pooling's axes are not
+    read: the rebuilt one pools over time, and the self-check compares it with the original."""
     for index, (lstm, following) in enumerate(itertools.pairwise(lstms)):
         readers = _readers(lstm, graph)
         if [node.name for node in readers] != [following.name]:
@@ -173,10 +177,11 @@ def _stack_and_head(lstms, graph) -> onnx.NodeProto | str:
     if len(readers) == 1 and readers[0].op_type in POOLING_OPS:
         pooled_by = _readers(readers[0], graph)
         if len(pooled_by) == 1 and pooled_by[0].op_type in CLASSIFIER_OPS:
-            return readers[0]
+            return pooled_by[0], readers[0].op_type
+        return f"a {readers[0].op_type} is read by {sorted(n.op_type for n in pooled_by)}"
     if len(readers) != 1 or readers[0].op_type not in CLASSIFIER_OPS:
         return f"the last LSTM's output is read by {sorted(n.op_type for n in readers)}"
-    return readers[0]
+    return readers[0], None
 
 
 def _named(base: str, layer: int) -> str:
@@ -273,9 +278,32 @@ def _outputs(model: onnx.ModelProto, rows: np.ndarray) -> list[np.ndarray]:
 
 
 def _agrees(original: onnx.ModelProto, rewritten: onnx.ModelProto, shape) -> float:
+    """The largest difference between the two graphs' outputs; infinite if their shapes differ."""
     rows = np.random.default_rng(0).uniform(0, 1, (SELF_CHECK_ROWS, *shape)).astype(np.float32)
     pairs = zip(_outputs(original, rows), _outputs(rewritten, rows), strict=True)
-    return max(float(np.abs(left - right).max()) for left, right in pairs)
+    return max(
+        float(np.abs(left - right).max()) if left.shape == right.shape else float("inf")
+        for left, right in pairs
+    )
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def _pooling_over_time(
+    op_type: str, opset: int
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """LAST_SEQUENCE [time, batch, units] -> POOLED [batch, units], the max or mean over time."""
+    if opset >= AXES_AS_INPUT_OPSET:
+        node = helper.make_node(
+            op_type, [LAST_SEQUENCE, TIME_AXIS], [POOLED], keepdims=0, name=PREFIX + "pooling"
+        )
+        return [node], [numpy_helper.from_array(np.array([0], np.int64), TIME_AXIS)]
+    node = helper.make_node(
+        op_type, [LAST_SEQUENCE], [POOLED], axes=[0], keepdims=0, name=PREFIX + "pooling"
+    )
+    return [node], []
 
 
 def _rebuilt_stack(
@@ -334,15 +362,19 @@ def streamline_lstm(model: onnx.ModelProto, time_steps: int, features: int) -> R
     chain = _input_chain(lstms[0], graph, weights)
     if isinstance(chain, str):
         return Rewrite(model, False, f"left as converted: {chain}")
-    head = _stack_and_head(lstms, graph)
-    if isinstance(head, str):
-        return Rewrite(model, False, f"left as converted: {head}")
+    found = _stack_and_head(lstms, graph)
+    if isinstance(found, str):
+        return Rewrite(model, False, f"left as converted: {found}")
+    head, pooling = found
 
     folded, b = _folded_first_weights(lstms[0], weights, chain)
-    pooled = head.op_type in POOLING_OPS
     nodes, layout_constants, stack_output = _rebuilt_stack(
-        lstms, weights, graph.input[0].name, pooled
+        lstms, weights, graph.input[0].name, pooled=pooling is not None
     )
+    if pooling is not None:
+        pooling_nodes, pooling_constants = _pooling_over_time(pooling, _opset(model))
+        nodes, layout_constants = nodes + pooling_nodes, layout_constants + pooling_constants
+        stack_output = POOLED
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     graph = rewritten.graph
@@ -358,8 +390,12 @@ def streamline_lstm(model: onnx.ModelProto, time_steps: int, features: int) -> R
     head.input[0] = stack_output
     _prune(graph)
     _topological_sort(graph)
-    onnx.checker.check_model(rewritten, full_check=True)
-    difference = _agrees(model, rewritten, (time_steps, features))
+    try:
+        onnx.checker.check_model(rewritten, full_check=True)
+        difference = _agrees(model, rewritten, (time_steps, features))
+    except Exception as error:  # onnx's and onnxruntime's own errors: the rewrite is wrong
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return Rewrite(model, False, f"left as converted: rewrite rejected: {reason}")
     if difference > SELF_CHECK_ATOL:
         return Rewrite(model, False, f"left as converted: rewrite differed by {difference:.1e}")
     before, after = len(model.graph.node), len(graph.node)

@@ -93,6 +93,7 @@ def fake_main():
     return {code}
 
 cli.main = fake_main
+atexit.register(lambda: print("teardown ran"))  # registered before run(): skipped with it
 cli.run()
 """
 
@@ -109,13 +110,18 @@ def test_the_command_skips_teardown_but_not_hooks_threads_or_buffers(code):
     assert "buffered, no newline" in done.stdout
     assert "thread finished" in done.stdout
     assert "hook ran after main" in done.stdout
+    assert "teardown ran" not in done.stdout
     assert done.stderr.strip() == "logged"
 
 
 def test_a_command_that_raises_ends_the_usual_way():
-    program = "from seqmnist import cli\ncli.main = lambda: 1 / 0\ncli.run()\n"
+    program = (
+        "import atexit\nfrom seqmnist import cli\ncli.main = lambda: 1 / 0\n"
+        "atexit.register(lambda: print('teardown ran'))\ncli.run()\n"
+    )
     done = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 1
     assert "ZeroDivisionError" in done.stderr
+    assert "teardown ran" in done.stdout

@@ -78,6 +78,29 @@ def test_lstm_stack_is_streamlined_and_computes_the_same(params):
     np.testing.assert_allclose(onnx_logits(proto, rows), keras_logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("opset", [17, 18])
+def test_pooled_readout_is_rebuilt_over_time_at_each_opset(opset):
+    """From opset 18 on, ReduceMax takes its axes as an input, and tf2onnx leaves the pooling
+    reading a batch-major sequence."""
+    model = build_model(
+        ModelParams(units=10, input_projection=12, readout="max"), TIME_STEPS, FEATURES
+    )
+    proto = convert(model, opset, TIME_STEPS, FEATURES)
+    rewrite = streamline_lstm(proto, TIME_STEPS, FEATURES)
+    assert rewrite.applied, rewrite.note
+    assert op_type_counts(rewrite.model.graph)["ReduceMax"] == 1
+    rows = np.random.default_rng(3).uniform(0, 1, (5, TIME_STEPS, FEATURES)).astype(np.float32)
+    np.testing.assert_allclose(onnx_logits(rewrite.model, rows), model(rows), atol=1e-5)
+
+
+def _pooling_over_the_units() -> keras.Model:
+    """channels_first pools each step over its units: [batch, time], not [batch, units]."""
+    rows = keras.Input((TIME_STEPS, FEATURES), name="rows")
+    sequence = keras.layers.LSTM(6, return_sequences=True)(rows)
+    pooled = keras.layers.GlobalMaxPooling1D(data_format="channels_first")(sequence)
+    return keras.Model(rows, keras.layers.Dense(10)(pooled))
+
+
 def _lstms_with_a_dense_between() -> keras.Model:
     """Each step of the first LSTM's output goes through a ReLU layer before the second LSTM."""
     rows = keras.Input((TIME_STEPS, FEATURES), name="rows")
@@ -100,8 +123,9 @@ def _bidirectional_summing_directions() -> keras.Model:
         lambda: build_model(ModelParams(cell="gru", units=6), TIME_STEPS, FEATURES),
         _lstms_with_a_dense_between,
         _bidirectional_summing_directions,
+        _pooling_over_the_units,
     ],
-    ids=["gru", "dense-between-lstms", "bidirectional-sum"],
+    ids=["gru", "dense-between-lstms", "bidirectional-sum", "pooling-over-units"],
 )
 def test_other_graphs_are_left_exactly_as_converted(build):
     proto = converted(build())
