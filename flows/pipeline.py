@@ -129,18 +129,23 @@ def run_stages_and_publish(
         left = runner.stop_left_behind(root)
         if left:
             logger.warning("stopped what a killed run left running: %s", left)
-        remote = dvc.default_remote(root)
+        # `seqmnist flow run` asked DVC for the plan before Prefect loaded: it holds unless
+        # something below changes the workspace first.
+        early = dvc.early_plan(root, stages)
+        remote = early.remote if early else dvc.default_remote(root)
         if remote:
             dvc_sync(str(root), "pull")
         if experiment:
             git_remote = publish.load_publish_params(root).git_remote
             sweep.apply_experiment(root, git_remote, experiment)
         dvc.apply_param_overrides(root, set_params)
-        plan = dvc.plan(root, stages)
+        changed = left or remote or experiment or set_params
+        plan = early if early and not changed else dvc.plan(root, stages)
         logger.info(
-            "stages in DVC order: %s; stale: %s",
+            "stages in DVC order: %s; stale: %s%s",
             " -> ".join(plan.order),
             sorted(plan.stale) or "none",
+            " (asked while Prefect loaded)" if plan is early else "",
         )
         # Once DVC reproduces a stage (runs it, or restores it from its run cache), the stages
         # after it may be stale too, and only DVC knows what is stale from then on.

@@ -116,9 +116,9 @@ def _run_flow(root: Path, entrypoint: str, parameters: dict) -> int:
 
 
 def _flow(args: argparse.Namespace) -> int:
-    from seqmnist.orchestration.dvc import find_project_root
+    from seqmnist.orchestration import dvc
 
-    root = find_project_root(args.project)
+    root = dvc.find_project_root(args.project)
     parameters = {
         "project_dir": str(root),
         "force": args.force,
@@ -133,6 +133,7 @@ def _flow(args: argparse.Namespace) -> int:
         flow = load_flow_from_entrypoint(str(root / FLOW_ENTRYPOINT))
         flow.serve(name=args.name, cron=args.cron, parameters=parameters)
         return 0
+    dvc.start_planning(root, args.stages)  # on the other core while Prefect loads
     return _run_flow(root, FLOW_ENTRYPOINT, parameters)
 
 

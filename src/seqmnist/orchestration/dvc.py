@@ -5,6 +5,9 @@ these functions or through the `dvc` command line (seqmnist.orchestration.runner
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +43,61 @@ def _stage_file_order(root: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a run will do: the stages in order, and those `dvc status` finds out of date."""
+    """What a run will do: the stages in order, those `dvc status` finds out of date, and the
+    DVC remote `dvc pull`/`dvc push` would use (None: none configured)."""
 
     order: list[str]
     stale: frozenset[str]
+    remote: str | None = None
+
+
+# What an early plan must find unchanged: the stage graph, its lock, its params, DVC's config.
+PLAN_INPUTS = ("dvc.yaml", "dvc.lock", str(PARAMS_FILE), ".dvc/config", ".dvc/config.local")
+EARLY_PLAN_TIMEOUT_S = 60
+_early: dict[tuple[Path, tuple[str, ...]], tuple[subprocess.Popen, list]] = {}
+
+
+def _inputs_state(root: Path) -> list:
+    """(size, mtime_ns, inode) of each of PLAN_INPUTS, None where it is missing."""
+    state = []
+    for name in PLAN_INPUTS:
+        try:
+            info = (root / name).stat()
+            state.append([info.st_size, info.st_mtime_ns, info.st_ino])
+        except FileNotFoundError:
+            state.append(None)
+    return state
+
+
+def start_planning(root: Path, targets: Sequence[str] | None = None) -> None:
+    """Ask DVC for `plan(root, targets)` in a child process, on another core, while this one
+    goes on (`seqmnist flow run` imports Prefect meanwhile, ~1 s). `early_plan` takes its
+    answer when the stage graph, lock and params are as they were when it started."""
+    command = [sys.executable, "-m", __name__, str(root), *(targets or ())]
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )  # fmt: skip
+    _early[(root, tuple(targets or ()))] = (child, _inputs_state(root))
+
+
+def early_plan(root: Path, targets: Sequence[str] | None = None) -> Plan | None:
+    """The plan `start_planning` asked for, if it succeeded and dvc.yaml, dvc.lock and
+    params.yaml are unchanged since; else None (then call `plan`). Call it holding the workspace
+    lock, so that no other flow run changes the workspace between the answer and its use."""
+    started = _early.pop((root, tuple(targets or ())), None)
+    if started is None:
+        return None
+    child, inputs = started
+    try:
+        out, _ = child.communicate(timeout=EARLY_PLAN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        return None
+    if child.returncode != 0 or _inputs_state(root) != inputs:
+        return None
+    answer = json.loads(out)
+    return Plan(answer["order"], frozenset(answer["stale"]), answer["remote"])
 
 
 def plan(root: Path, targets: Sequence[str] | None = None) -> Plan:
@@ -58,7 +112,9 @@ def plan(root: Path, targets: Sequence[str] | None = None) -> Plan:
 
     try:
         with _open_repo(root) as repo:
-            return Plan(_order(repo, root, targets), frozenset(_stale(repo)))
+            return Plan(
+                _order(repo, root, targets), frozenset(_stale(repo)), _remote(repo)
+            )  # fmt: skip
     except DvcException as error:
         raise OrchestrationError(f"DVC cannot plan the run in {root}: {error}") from error
 
@@ -96,10 +152,14 @@ def _stale(repo) -> list[str]:
     return sorted(address.rsplit(":", 1)[-1] for address in repo.status())
 
 
+def _remote(repo) -> str | None:
+    return repo.config["core"].get("remote") or None
+
+
 def default_remote(root: Path) -> str | None:
     """The DVC remote `dvc pull`/`dvc push` would use, or None when none is configured."""
     with _open_repo(root) as repo:
-        return repo.config["core"].get("remote") or None
+        return _remote(repo)
 
 
 def apply_param_overrides(root: Path, overrides: Sequence[str]) -> None:
@@ -121,3 +181,8 @@ def apply_param_overrides(root: Path, overrides: Sequence[str]) -> None:
     except InvalidArgumentError as exc:
         cause = f": {exc.__cause__}" if exc.__cause__ else ""
         raise ConfigError(f"invalid override in {list(overrides)}{cause}") from None
+
+
+if __name__ == "__main__":  # start_planning's child: `python -m ... ROOT [TARGET ...]`
+    answer = plan(Path(sys.argv[1]), sys.argv[2:] or None)
+    print(json.dumps({**vars(answer), "stale": sorted(answer.stale)}))

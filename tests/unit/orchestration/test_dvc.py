@@ -75,6 +75,30 @@ def test_plan_gives_what_dvc_status_lists(toy: Path) -> None:
     assert dvc.plan(toy).stale == set(ALL_STAGES) - {"download"}
 
 
+def test_an_early_plan_is_the_plan_when_nothing_changed_since(toy: Path) -> None:
+    runner.run_stage(toy, "download")
+    dvc.start_planning(toy, ["train"])
+    early = dvc.early_plan(toy, ["train"])
+    assert early == dvc.plan(toy, ["train"])
+    assert early.stale == set(ALL_STAGES) - {"download"} and early.remote is None
+    assert dvc.early_plan(toy, ["train"]) is None  # an answer is taken once
+
+
+def test_an_early_plan_is_dropped_when_params_change_before_it_is_taken(toy: Path) -> None:
+    dvc.start_planning(toy)
+    dvc.apply_param_overrides(toy, ["train.quality=0.5"])
+    assert dvc.early_plan(toy) is None
+
+
+def test_an_early_plan_is_none_when_not_asked_for_or_when_dvc_failed(toy: Path) -> None:
+    assert dvc.early_plan(toy) is None
+    dvc.start_planning(toy, ["train"])
+    assert dvc.early_plan(toy) is None  # asked for other targets
+    (toy / "dvc.yaml").write_text("stages: [not, a, mapping")
+    dvc.start_planning(toy)
+    assert dvc.early_plan(toy) is None
+
+
 def test_plan_names_the_project_when_dvc_cannot_read_it(toy: Path) -> None:
     (toy / "dvc.yaml").write_text("stages: [not, a, mapping")
     with pytest.raises(OrchestrationError, match=f"DVC cannot plan the run in {toy}"):
