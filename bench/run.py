@@ -40,7 +40,7 @@ PROJECT_ROOT = BENCH_DIR.parent
 FULL_OUTPUT = BENCH_DIR
 QUICK_OUTPUT = BENCH_DIR / ".cache" / "quick"
 SECTIONS = ("flops", "accuracy", "training", "training_bidirectional", "inference", "pipeline")
-PIPELINE_RUNS = {"full": 3, "quick": 1}
+PIPELINE_RUNS = {"full": 5, "quick": 1}
 TIME_STEPS = 28
 FEATURES = 28
 
