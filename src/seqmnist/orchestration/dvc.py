@@ -96,8 +96,11 @@ def early_plan(root: Path, targets: Sequence[str] | None = None) -> Plan | None:
         return None
     if child.returncode != 0 or _inputs_state(root) != inputs:
         return None
-    answer = json.loads(out)
-    return Plan(answer["order"], frozenset(answer["stale"]), answer["remote"])
+    try:  # the answer is the last line: anything a library printed before it is not
+        answer = json.loads(out.strip().splitlines()[-1])
+        return Plan(answer["order"], frozenset(answer["stale"]), answer["remote"])
+    except (ValueError, IndexError, KeyError, TypeError):
+        return None
 
 
 def plan(root: Path, targets: Sequence[str] | None = None) -> Plan:
