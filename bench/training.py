@@ -21,6 +21,7 @@ from seqmnist.config import TrainParams
 from seqmnist.constants import NUM_CLASSES
 from seqmnist.data.dataset import load_split
 from seqmnist.errors import DataError
+from seqmnist.modeling.training import epoch_arrays
 from seqmnist.paths import PROCESSED_DIR
 from timing import Figure, ratio
 
@@ -106,20 +107,6 @@ class KerasTrainer:
         return time.perf_counter() - start
 
 
-def _epoch_arrays(
-    x: np.ndarray, y: np.ndarray, params: TrainParams, epoch: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Shuffle and augment as train.run does; both frameworks train on the result."""
-    from seqmnist.modeling.augment import rotate_and_scale
-    from seqmnist.modeling.training import AUGMENT_STREAM, epoch_order, shift_images
-
-    order = epoch_order(len(x), params.seed, epoch)
-    rng = np.random.default_rng([params.seed, epoch, AUGMENT_STREAM])
-    x_epoch = shift_images(x[order], params.augment_max_shift, rng)
-    x_epoch = rotate_and_scale(x_epoch, params.augment_max_degrees, params.augment_max_scale, rng)
-    return x_epoch, y[order]
-
-
 def run(
     params: TrainParams,
     plan: TrainingPlan,
@@ -144,7 +131,7 @@ def run(
     warmup = min(samples, plan.warmup_steps * params.batch_size)
     for epoch in range(plan.warmup_rounds + plan.rounds):
         size = warmup if epoch < plan.warmup_rounds else samples
-        x_epoch, y_epoch = _epoch_arrays(x[:size], y[:size], params, epoch)
+        x_epoch, y_epoch = epoch_arrays(x[:size], y[:size], params, epoch)
         keras_seconds = keras_trainer.epoch(x_epoch, y_epoch)
         torch_seconds = (
             torch_trainer.epoch(x_epoch, y_epoch, params.batch_size) if torch_trainer else None

@@ -10,14 +10,19 @@ from typing import Any
 from seqmnist.paths import DATA_STATS
 
 
-def _git(*args: str, cwd: Path | None = None) -> str | None:
+def _run_git(*args: str, cwd: Path | None) -> subprocess.CompletedProcess[str] | None:
+    """git's answer, or None when git could not be run or did not answer in time."""
     try:
-        done = subprocess.run(
-            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=30
-        )
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30
+        )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip()
+
+
+def _git(*args: str, cwd: Path | None = None) -> str | None:
+    done = _run_git(*args, cwd=cwd)
+    return done.stdout.strip() if done is not None and done.returncode == 0 else None
 
 
 def git_version(cwd: Path | None = None) -> dict[str, Any]:
@@ -31,14 +36,8 @@ def git_without_commits(cwd: Path | None = None) -> bool:
     """Whether `cwd` is in a git work tree without a commit yet (`git init`, nothing committed)."""
     if _git("rev-parse", "--is-inside-work-tree", cwd=cwd) != "true":
         return False
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "--verify", "--quiet", "HEAD"],
-            cwd=cwd, capture_output=True, timeout=30,
-        )  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return False  # git could not answer: not evidence of an empty repository
-    return done.returncode == 1  # --verify --quiet: 1 = no such revision, nothing else
+    done = _run_git("rev-parse", "--verify", "--quiet", "HEAD", cwd=cwd)
+    return done is not None and done.returncode == 1  # 1: no such revision; else no evidence
 
 
 def data_checksums(stats_path: Path = DATA_STATS) -> dict[str, str]:

@@ -112,6 +112,20 @@ def shift_images(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
     return shifted
 
 
+def epoch_arrays(
+    x: np.ndarray, y: np.ndarray, params: TrainParams, epoch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch's training arrays: shuffled by `epoch_order`, shifted, rotated and scaled, all
+    drawn from (seed, epoch) alone, so a resumed run (and the bench) sees the same epoch."""
+    from seqmnist.modeling.augment import rotate_and_scale
+
+    order = epoch_order(len(x), params.seed, epoch)
+    rng = np.random.default_rng([params.seed, epoch, AUGMENT_STREAM])
+    x_epoch = shift_images(x[order], params.augment_max_shift, rng)
+    x_epoch = rotate_and_scale(x_epoch, params.augment_max_degrees, params.augment_max_scale, rng)
+    return x_epoch, y[order]
+
+
 @dataclass(frozen=True)
 class Backend:
     """What trains the recurrent layers. The saved and exported model is Keras's rolled form

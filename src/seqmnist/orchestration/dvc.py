@@ -81,8 +81,8 @@ def start_planning(root: Path, targets: Sequence[str] | None = None) -> None:
 
 
 def early_plan(root: Path, targets: Sequence[str] | None = None) -> Plan | None:
-    """The plan `start_planning` asked for, if it succeeded and dvc.yaml, dvc.lock and
-    params.yaml are unchanged since; else None (then call `plan`). Call it holding the workspace
+    """The plan `start_planning` asked for, if it succeeded and PLAN_INPUTS are unchanged
+    since; else None (then call `plan`). Call it holding the workspace
     lock, so that no other flow run changes the workspace between the answer and its use."""
     started = _early.pop((root, tuple(targets or ())), None)
     if started is None:

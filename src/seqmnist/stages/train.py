@@ -22,7 +22,6 @@ from seqmnist.constants import NUM_CLASSES
 from seqmnist.data.dataset import load_split
 from seqmnist.errors import ConfigError
 from seqmnist.io import atomic_path, write_json
-from seqmnist.modeling.augment import rotate_and_scale
 from seqmnist.modeling.checkpoints import (
     CHECKPOINT_BEST,
     CHECKPOINT_MODEL,
@@ -33,19 +32,17 @@ from seqmnist.modeling.checkpoints import (
     save_checkpoint,
 )
 from seqmnist.modeling.training import (
-    AUGMENT_STREAM,
     Backend,
     TrainingState,
     backend_for,
     batches,
     compile_model,
-    epoch_order,
+    epoch_arrays,
     epoch_progress_class,
     fingerprint,
     new_training_model,
     rolled_copy,
     seed_everything,
-    shift_images,
     subset_indices,
     validate,
 )
@@ -121,15 +118,10 @@ def _fit_epoch(model, params: TrainParams, splits: Splits, epoch: int, val_data,
     """One epoch: its own shuffle and distortions, then validation; the epoch's metrics."""
     from seqmnist.modeling.averaging import ValidateAveraged
 
-    order = epoch_order(len(splits.x_train), params.seed, epoch)
-    augment_rng = np.random.default_rng([params.seed, epoch, AUGMENT_STREAM])
-    x_epoch = shift_images(splits.x_train[order], params.augment_max_shift, augment_rng)
-    x_epoch = rotate_and_scale(
-        x_epoch, params.augment_max_degrees, params.augment_max_scale, augment_rng
-    )
+    x_epoch, y_epoch = epoch_arrays(splits.x_train, splits.y_train, params, epoch)
     started = time.perf_counter()
     history = model.fit(
-        batches(x_epoch, splits.y_train[order], params.batch_size),
+        batches(x_epoch, y_epoch, params.batch_size),
         validation_data=val_data,
         shuffle=False,
         verbose=0,
