@@ -4,6 +4,8 @@ fetch-and-rebase when the branch moved, push tags, read files at a commit.
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +13,9 @@ from pathlib import Path
 from seqmnist.errors import PublishError
 
 GIT_TIMEOUT_S = 300
+# A partial commit (`git commit -- paths`) builds its tree in this temporary index, named by
+# its process id; git removes it on the way out, so a killed commit leaves it behind for good.
+PARTIAL_INDEX = re.compile(r"^next-index-(\d+)\.lock$")
 
 
 def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -58,6 +63,29 @@ def commit(root: Path, paths: Sequence[str], message: str) -> str:
     git(root, "add", "--all", "--", *present)
     git(root, "commit", "--quiet", "--message", message, "--", *present)
     return head(root)
+
+
+def clear_dead_partial_indexes(root: Path) -> list[Path]:
+    """Remove the temporary indexes of partial commits whose process is gone (a run killed
+    mid-commit); return what was removed. A live commit's index is left alone."""
+    git_dir = Path(git(root, "rev-parse", "--absolute-git-dir").stdout.strip())
+    removed = []
+    for leftover in git_dir.iterdir():
+        found = PARTIAL_INDEX.match(leftover.name)
+        if found and not _alive(int(found.group(1))):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def push_branch(root: Path, remote: str, branch: str, attempts: int) -> None:

@@ -119,6 +119,7 @@ def publish(
             f"{root} is on branch {branch!r}, but publish.branch in params.yaml is "
             f"{settings.branch!r}: check out {settings.branch!r} (or set publish.branch: null)"
         )
+    git.clear_dead_partial_indexes(root)  # what a publication killed mid-commit left
     push_to = (
         settings.git_remote if dvc_remote and git.has_remote(root, settings.git_remote) else None
     )
