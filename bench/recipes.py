@@ -58,6 +58,14 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "rotate10-scale10-26ep-lr0.003": (*ROTATE10_SCALE10_26EP, "train.learning_rate=0.003"),
     "rotate10-scale10-26ep-max-readout": (*ROTATE10_SCALE10_26EP, "train.model.readout=max"),
     "rotate10-scale10-26ep-mean-readout": (*ROTATE10_SCALE10_26EP, "train.model.readout=mean"),
+    "rotate10-scale10-26ep-elastic1.5": (
+        *ROTATE10_SCALE10_26EP,
+        "train.augment_elastic_pixels=1.5",
+    ),
+    "rotate10-scale10-26ep-elastic2.5": (
+        *ROTATE10_SCALE10_26EP,
+        "train.augment_elastic_pixels=2.5",
+    ),
     "2layers-14ep": ("train.model.layers=2", "train.epochs=14"),
     "bidirectional-16ep": BIDIRECTIONAL_16EP,
     "bidirectional-rotate10-scale10-16ep": (*BIDIRECTIONAL_16EP, *ROTATE10_SCALE10),

@@ -117,12 +117,15 @@ def epoch_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One epoch's training arrays: shuffled by `epoch_order`, shifted, rotated and scaled, all
     drawn from (seed, epoch) alone, so a resumed run (and the bench) sees the same epoch."""
-    from seqmnist.modeling.augment import rotate_and_scale
+    from seqmnist.modeling.augment import elastic_distort, rotate_and_scale
 
     order = epoch_order(len(x), params.seed, epoch)
     rng = np.random.default_rng([params.seed, epoch, AUGMENT_STREAM])
     x_epoch = shift_images(x[order], params.augment_max_shift, rng)
     x_epoch = rotate_and_scale(x_epoch, params.augment_max_degrees, params.augment_max_scale, rng)
+    x_epoch = elastic_distort(
+        x_epoch, params.augment_elastic_pixels, params.augment_elastic_grid, rng
+    )
     return x_epoch, y[order]
 
 

@@ -1,12 +1,12 @@
-"""Rotation and scaling augmentation: right geometry, label-preserving, reproducible, and off
-without a trace when its limits are 0."""
+"""Rotation, scaling and elastic augmentation: right geometry, label-preserving, reproducible,
+and off without a trace when its limits are 0."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from seqmnist.modeling.augment import rotate_and_scale
+from seqmnist.modeling.augment import elastic_distort, rotate_and_scale
 
 
 class Fixed:
@@ -87,3 +87,42 @@ def test_scaling_keeps_the_centre_of_a_frame_that_is_not_square() -> None:
     moved_from = np.array([before[0].mean(), before[1].mean()])
     expected = (moved_from - (9.5, 13.5)) * 1.3 + (9.5, 13.5)  # scaled about the frame's centre
     assert np.allclose(centre, expected, atol=0.05), (centre, expected)
+
+
+def test_elastic_off_returns_the_input_and_draws_nothing() -> None:
+    images = bar_image()
+    rng = np.random.default_rng(3)
+    state = rng.bit_generator.state
+    assert elastic_distort(images, 0, 4, rng) is images
+    assert rng.bit_generator.state == state
+
+
+@pytest.mark.parametrize("grid", [2, 5])
+def test_a_uniform_elastic_field_of_one_pixel_is_a_shift(grid: int) -> None:
+    """Every control point moved by +1 row and +1 column: each pixel reads its lower-right
+    neighbour, and zero where that falls outside the frame."""
+    images = np.random.default_rng(0).random((3, 28, 20), dtype=np.float32)
+    moved = elastic_distort(images, 1.0, grid, Fixed())
+    assert np.allclose(moved[:, :-1, :-1], images[:, 1:, 1:], atol=1e-6)
+    assert not moved[:, -1, :].any() and not moved[:, :, -1].any()
+
+
+def test_half_a_pixel_reads_the_mean_of_four_neighbours() -> None:
+    images = np.random.default_rng(1).random((2, 28, 28), dtype=np.float32)
+    moved = elastic_distort(images, 0.5, 4, Fixed())
+    corners = images[:, :-1, :-1] + images[:, :-1, 1:] + images[:, 1:, :-1] + images[:, 1:, 1:]
+    assert np.allclose(moved[:, :-1, :-1], corners / 4, atol=1e-6)
+
+
+def test_elastic_fields_vary_keep_the_ink_and_are_reproducible() -> None:
+    images = np.repeat(bar_image(), 40, axis=0)
+    first = elastic_distort(images, 2.0, 4, np.random.default_rng(7))
+    again = elastic_distort(images, 2.0, 4, np.random.default_rng(7))
+    other = elastic_distort(images, 2.0, 4, np.random.default_rng(8))
+    assert first.dtype == np.float32 and first.shape == images.shape
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    assert len({image.tobytes() for image in first}) == len(first)  # each image drawn anew
+    ink = first.sum(axis=(1, 2)) / images[0].sum()
+    # Local stretches and squeezes (up to about 4 px over the 7 px between control points)
+    # change one image's ink, not the average: the bar is kept, not erased or smeared.
+    assert ink.min() > 0.6 and ink.max() < 1.4 and abs(ink.mean() - 1) < 0.05, ink
