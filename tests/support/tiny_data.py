@@ -43,6 +43,7 @@ TINY_TRAIN = {
     "augment_max_shift": 0,
     "augment_max_degrees": 0,
     "augment_max_scale": 0,
+    "augment_elastic_pixels": 0,
     "warmup_epochs": 1,
     "early_stopping_patience": 5,
     "model": {"units": 12, "input_projection": 8},

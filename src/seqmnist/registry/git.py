@@ -66,14 +66,23 @@ def commit(root: Path, paths: Sequence[str], message: str) -> str:
 
 
 def clear_dead_partial_indexes(root: Path) -> list[Path]:
-    """Remove the temporary indexes of partial commits whose process is gone (a run killed
-    mid-commit); return what was removed. A live commit's index is left alone."""
+    """Remove the temporary indexes of partial commits that were killed; return what was removed.
+
+    A live partial commit holds index.lock for as long as its temporary index exists, so none is
+    touched while index.lock is there (whatever the process ids mean in this PID namespace), nor
+    one whose process id is still running here.
+    """
     git_dir = Path(git(root, "rev-parse", "--absolute-git-dir").stdout.strip())
+    if (git_dir / "index.lock").exists():
+        return []
     removed = []
     for leftover in git_dir.iterdir():
         found = PARTIAL_INDEX.match(leftover.name)
         if found and not _alive(int(found.group(1))):
-            leftover.unlink(missing_ok=True)
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                continue  # left for the next publication; it blocks nothing
             removed.append(leftover)
     return removed
 
@@ -83,8 +92,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True  # someone else's process
+    except (OSError, OverflowError):
+        return True  # someone else's process, or no process id we can ask about: keep
     return True
 
 

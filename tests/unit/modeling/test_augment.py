@@ -107,6 +107,22 @@ def test_a_uniform_elastic_field_of_one_pixel_is_a_shift(grid: int) -> None:
     assert not moved[:, -1, :].any() and not moved[:, :, -1].any()
 
 
+def test_the_largest_displacement_either_way_stays_inside_the_padding() -> None:
+    """At the config's limit (4 px), up-left as well as down-right: a pure shift, zero filled."""
+
+    class Low:
+        def uniform(self, low, high, size):
+            return np.full(size, low, dtype=np.float64)
+
+    images = np.random.default_rng(2).random((2, 28, 28), dtype=np.float32)
+    up_left = elastic_distort(images, 4.0, 4, Low())
+    down_right = elastic_distort(images, 4.0, 4, Fixed())
+    assert np.allclose(up_left[:, 4:, 4:], images[:, :-4, :-4], atol=1e-6)
+    assert not up_left[:, :4, :].any() and not up_left[:, :, :4].any()
+    assert np.allclose(down_right[:, :-4, :-4], images[:, 4:, 4:], atol=1e-6)
+    assert not down_right[:, -4:, :].any() and not down_right[:, :, -4:].any()
+
+
 def test_half_a_pixel_reads_the_mean_of_four_neighbours() -> None:
     images = np.random.default_rng(1).random((2, 28, 28), dtype=np.float32)
     moved = elastic_distort(images, 0.5, 4, Fixed())

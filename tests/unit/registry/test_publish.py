@@ -3,6 +3,7 @@ the order that lets a rerun finish what a killed run started."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,18 @@ def test_a_run_killed_after_its_commit_is_completed_by_the_next(
     assert (done.version, done.committed) == ("v1.0.0", False)
     assert int(git(toy, "rev-list", "--count", "HEAD")) == commits
     assert f"{ARTIFACT}@v1.0.0" in git(origin, "tag", "--list").split()
+
+
+def test_publication_clears_what_a_commit_killed_mid_way_left(toy: Path) -> None:
+    """The temporary index of a killed partial commit (tests/unit/registry/test_git.py makes a
+    real one) is gone after the next publication."""
+    ended = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    leftover = toy / ".git" / f"next-index-{ended.stdout.strip()}.lock"
+    leftover.write_bytes(b"DIRC")
+
+    publish.publish(toy, dvc_remote=None)
+
+    assert not leftover.exists()
 
 
 def test_wrong_branch_is_refused_by_name(toy: Path) -> None:
