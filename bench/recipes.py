@@ -62,9 +62,10 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
         *ROTATE10_SCALE10_26EP,
         "train.augment_elastic_pixels=1.5",
     ),
-    "rotate10-scale10-26ep-elastic2.5": (
+    "rotate10-scale10-26ep-lr0.003-elastic1.5": (
         *ROTATE10_SCALE10_26EP,
-        "train.augment_elastic_pixels=2.5",
+        "train.learning_rate=0.003",
+        "train.augment_elastic_pixels=1.5",
     ),
     "2layers-14ep": ("train.model.layers=2", "train.epochs=14"),
     "bidirectional-16ep": BIDIRECTIONAL_16EP,
