@@ -62,6 +62,11 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
         *ROTATE10_SCALE10_26EP,
         "train.augment_elastic_pixels=1.5",
     ),
+    "rotate10-scale10-22ep-lr0.003": (
+        *ROTATE10_SCALE10_26EP,
+        "train.learning_rate=0.003",
+        "train.epochs=22",
+    ),
     "rotate10-scale10-26ep-lr0.003-elastic1.5": (
         *ROTATE10_SCALE10_26EP,
         "train.learning_rate=0.003",
