@@ -33,13 +33,15 @@ def _temp_prefix(target: Path) -> str:
     return f".{target.name}.{os.getpid()}."
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether `pid` runs. A killed writer stays a zombie until its parent, or init once the
     parent is gone too, reaps it (seconds, here): a zombie writes nothing more."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except OverflowError:
+        return True  # no process id we can ask about: count it as running
     except PermissionError:
         pass  # someone else's process
     try:
@@ -64,7 +66,7 @@ def sweep_orphaned_temps(target: Path) -> list[Path]:
         orphans = [
             Path(entry.path)
             for entry in entries
-            if (found := owned.match(entry.name)) and not _alive(int(found["pid"]))
+            if (found := owned.match(entry.name)) and not process_alive(int(found["pid"]))
         ]
     for path in orphans:
         try:

@@ -4,13 +4,13 @@ fetch-and-rebase when the branch moved, push tags, read files at a commit.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 from seqmnist.errors import PublishError
+from seqmnist.io import process_alive
 
 GIT_TIMEOUT_S = 300
 # A partial commit (`git commit -- paths`) builds its tree in this temporary index, named by
@@ -78,23 +78,13 @@ def clear_dead_partial_indexes(root: Path) -> list[Path]:
     removed = []
     for leftover in git_dir.iterdir():
         found = PARTIAL_INDEX.match(leftover.name)
-        if found and not _alive(int(found.group(1))):
+        if found and not process_alive(int(found.group(1))):
             try:
                 leftover.unlink(missing_ok=True)
             except OSError:
                 continue  # left for the next publication; it blocks nothing
             removed.append(leftover)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, OverflowError):
-        return True  # someone else's process, or no process id we can ask about: keep
-    return True
 
 
 def push_branch(root: Path, remote: str, branch: str, attempts: int) -> None:
