@@ -123,7 +123,8 @@ def build(params: ModelParams, features: int, num_classes: int = 10, fused: bool
 
 class Trainer:
     """Adam + cross-entropy on logits, one optimizer step per batch of the given epoch arrays;
-    with `ema_decay` > 0 an average of the weights is updated after every step, as Keras does."""
+    with `weight_decay` > 0 AdamW's decoupled decay on all but biases, and with `ema_decay` > 0
+    an average of the weights updated after every step, as train.compile_model does."""
 
     def __init__(
         self,
@@ -132,13 +133,19 @@ class Trainer:
         learning_rate: float,
         seed: int,
         ema_decay: float = 0.0,
+        weight_decay: float = 0.0,
     ):
         torch = _torch()
         torch.manual_seed(seed)
         self.torch = torch
         self.model = build(params, features)
         self.weights = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.weights, lr=learning_rate)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if "bias" not in n], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if "bias" in n], "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(groups, lr=learning_rate)
         self.loss = torch.nn.CrossEntropyLoss()
         self.ema_decay = ema_decay
         self.average = [p.detach().clone() for p in self.weights] if ema_decay else []

@@ -124,7 +124,12 @@ def run(
     torch_trainer = None
     if torch_model.available():
         torch_trainer = torch_model.Trainer(
-            params.model, FEATURES, params.learning_rate, params.seed, params.ema_decay
+            params.model,
+            FEATURES,
+            params.learning_rate,
+            params.seed,
+            params.ema_decay,
+            params.weight_decay,
         )
     ours: list[float] = []
     theirs: list[float] = []

@@ -23,7 +23,14 @@ import keras
 
 @keras.saving.register_keras_serializable(package="seqmnist")
 class AveragingAdam(keras.optimizers.Adam):
-    """Adam whose weight average (with `use_ema=True`) warms up and stays in the optimizer."""
+    """Adam whose weight average (with `use_ema=True`) warms up and stays in the optimizer, and
+    whose weight decay (AdamW's, decoupled) spares biases."""
+
+    def build(self, variables) -> None:
+        # Here rather than at compile time, so that an optimizer reloaded from a checkpoint
+        # (which does not save the exclusion) decays exactly what the fresh one did.
+        self.exclude_from_weight_decay(var_names=["bias"])
+        super().build(variables)
 
     def _update_model_variables_moving_average(self, trainable_variables) -> None:
         if not self.use_ema:

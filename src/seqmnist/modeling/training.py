@@ -212,7 +212,8 @@ def _learning_rate(params: TrainParams, steps_per_epoch: int):
 
 
 def compile_model(model, params: TrainParams, steps_per_epoch: int) -> None:
-    """Adam on logits with sparse cross-entropy, averaging the weights if `ema_decay` > 0."""
+    """Adam on logits with sparse cross-entropy, decoupled weight decay if `weight_decay` > 0
+    (AdamW), averaging the weights if `ema_decay` > 0."""
     import keras
 
     from seqmnist.modeling.averaging import AveragingAdam
@@ -220,6 +221,7 @@ def compile_model(model, params: TrainParams, steps_per_epoch: int) -> None:
     model.compile(
         optimizer=AveragingAdam(
             learning_rate=_learning_rate(params, steps_per_epoch),
+            weight_decay=params.weight_decay or None,
             use_ema=params.ema_decay > 0,
             ema_momentum=params.ema_decay,
         ),

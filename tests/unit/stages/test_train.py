@@ -218,6 +218,41 @@ def test_weight_average_warms_up_its_decay(processed):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_weight_decay_is_decoupled_spares_biases_and_survives_a_checkpoint(tmp_path, processed):
+    """One step with decay d at learning rate r lands at the plain step minus r * d * w for
+    every kernel and exactly at it for every bias, also after a save and reload (resume).
+    Without dropout, so that the reloaded model's step sees the same gradients."""
+    import keras
+
+    base = {
+        **TINY_TRAIN,
+        "model": {**TINY_TRAIN["model"], "dropout": 0.0},
+        "ema_decay": 0.0,
+        "lr_schedule": "constant",
+        "learning_rate": 0.01,
+    }
+    x, y = load_split("train", processed)
+    batch = (x[: TINY_TRAIN["batch_size"]], y[: TINY_TRAIN["batch_size"]])
+
+    def one_step(model) -> dict[str, np.ndarray]:
+        model.train_on_batch(*batch)
+        return {v.path: keras.ops.convert_to_numpy(v) for v in model.trainable_variables}
+
+    plain = compiled_tiny_model(TrainParams.model_validate(base), len(x))
+    initial = {v.path: keras.ops.convert_to_numpy(v) for v in plain.trainable_variables}
+    stepped = one_step(plain)
+    decayed = compiled_tiny_model(TrainParams.model_validate({**base, "weight_decay": 0.5}), len(x))
+    decayed.optimizer.build(decayed.trainable_variables)  # as in a checkpoint after an epoch
+    decayed.save(tmp_path / "fresh.keras")
+    for model in (decayed, keras.models.load_model(tmp_path / "fresh.keras")):
+        got = one_step(model)
+        assert sorted(got) == sorted(stepped)
+        for path, value in got.items():
+            shrink = 0.0 if "bias" in path else 0.01 * 0.5 * initial[path]
+            np.testing.assert_allclose(value, stepped[path] - shrink, rtol=1e-5, atol=1e-7)
+        assert any("bias" in path for path in got) and any("bias" not in path for path in got)
+
+
 @pytest.mark.parametrize(
     ("train_params", "field"),
     [
@@ -227,6 +262,7 @@ def test_weight_average_warms_up_its_decay(processed):
         ({"epochs": 0}, "train.epochs"),
         ({"batch_size": 0}, "train.batch_size"),
         ({"ema_decay": 1.0}, "train.ema_decay"),
+        ({"weight_decay": -0.1}, "train.weight_decay"),
     ],
 )
 def test_bad_params_name_the_field(train_params, field):
