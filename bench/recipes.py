@@ -72,6 +72,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
         "train.learning_rate=0.003",
         "train.augment_elastic_pixels=1.5",
     ),
+    "rotate10-scale10-26ep-wd0.05": (*ROTATE10_SCALE10_26EP, "train.weight_decay=0.05"),
     "rotate10-scale10-26ep-wd0.1": (*ROTATE10_SCALE10_26EP, "train.weight_decay=0.1"),
     "rotate10-scale10-26ep-wd0.3": (*ROTATE10_SCALE10_26EP, "train.weight_decay=0.3"),
     "rotate10-scale10-26ep-lr0.003-wd0.1": (
