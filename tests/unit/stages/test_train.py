@@ -112,6 +112,7 @@ def test_early_stopping_saves_the_best_epochs_averaged_weights(tmp_path, process
         lr_schedule="constant",
         learning_rate=0.05,
         ema_decay=0.9,
+        weight_decay=0.0,  # decay would hold the overfitting back
         early_stopping_patience=2,
     )
     val_loss = curve(tmp_path / "live", "val", "loss")
@@ -228,6 +229,7 @@ def test_weight_decay_is_decoupled_spares_biases_and_survives_a_checkpoint(tmp_p
         **TINY_TRAIN,
         "model": {**TINY_TRAIN["model"], "dropout": 0.0},
         "ema_decay": 0.0,
+        "weight_decay": 0.0,
         "lr_schedule": "constant",
         "learning_rate": 0.01,
     }

@@ -88,7 +88,7 @@ def interrupted(tmp_path_factory, preprocessed) -> Path:
 # What changed since the interrupted run: (processed data, train params overridden)
 CHANGES = {
     "nothing": ("base", {}),
-    "train.learning_rate": ("base", {"learning_rate": 0.003}),
+    "train.learning_rate": ("base", {"learning_rate": 0.004}),
     "preprocess.seed": ("preprocess.seed", {}),
     "preprocess.validation_size": ("preprocess.validation_size", {}),
     "one raw pixel": ("one raw pixel", {}),
