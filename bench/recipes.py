@@ -35,6 +35,8 @@ REPRO_TIMEOUT_S = 3600
 # The recipe this round started from (the default until 2026-12-01); every candidate is written
 # on top of it, so reruns measure what bench/recipes.json holds whatever params.yaml says now.
 BEFORE = (
+    "train.learning_rate=0.002",
+    "train.weight_decay=0",
     "train.augment_max_degrees=0",
     "train.augment_max_scale=0",
     "train.epochs=20",

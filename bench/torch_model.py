@@ -2,8 +2,9 @@
 
 Optional Linear projection per step -> nn.LSTM / nn.GRU / nn.RNN (batch_first; layers, direction
 and dropout between layers as configured) -> dropout -> Linear on the last step, trained with
-Adam and cross-entropy, averaging the weights when ours does: the same layers, sizes, batch and
-per-step work as modeling.model.build_model and modeling.training.compile_model. torch is a
+Adam (AdamW's decoupled decay with `train.weight_decay`) and cross-entropy, averaging the weights
+when ours does: the same layers, sizes, batch and per-step work as modeling.model.build_model and
+modeling.training.compile_model. torch is a
 bench-only dependency (`pip install -e '.[bench]'`); import this module only after checking
 `available()`.
 """
@@ -124,7 +125,7 @@ def build(params: ModelParams, features: int, num_classes: int = 10, fused: bool
 class Trainer:
     """Adam + cross-entropy on logits, one optimizer step per batch of the given epoch arrays;
     with `weight_decay` > 0 AdamW's decoupled decay on all but biases, and with `ema_decay` > 0
-    an average of the weights updated after every step, as train.compile_model does."""
+    an average of the weights updated after every step, as modeling.training.compile_model does."""
 
     def __init__(
         self,

@@ -219,10 +219,14 @@ def test_weight_average_warms_up_its_decay(processed):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_weight_decay_is_decoupled_spares_biases_and_survives_a_checkpoint(tmp_path, processed):
-    """One step with decay d at learning rate r lands at the plain step minus r * d * w for
-    every kernel and exactly at it for every bias, also after a save and reload (resume).
-    Without dropout, so that the reloaded model's step sees the same gradients."""
+@pytest.mark.parametrize("lstm_backend", ["kernel", "keras"])
+def test_weight_decay_is_decoupled_spares_biases_and_survives_a_checkpoint(
+    tmp_path, processed, lstm_backend
+):
+    """One step with decay d at the scheduled learning rate r lands at the plain step minus
+    r * d * w for every kernel and exactly at it for every bias, also after a save and reload
+    (resume). Biases start non-zero, so that decaying one would show; no dropout, so that the
+    reloaded model's step sees the same gradients."""
     import keras
 
     base = {
@@ -230,27 +234,37 @@ def test_weight_decay_is_decoupled_spares_biases_and_survives_a_checkpoint(tmp_p
         "model": {**TINY_TRAIN["model"], "dropout": 0.0},
         "ema_decay": 0.0,
         "weight_decay": 0.0,
-        "lr_schedule": "constant",
         "learning_rate": 0.01,
+        "lstm_backend": lstm_backend,
     }
     x, y = load_split("train", processed)
     batch = (x[: TINY_TRAIN["batch_size"]], y[: TINY_TRAIN["batch_size"]])
+
+    def compiled(weight_decay: float):
+        params = TrainParams.model_validate({**base, "weight_decay": weight_decay})
+        model = compiled_tiny_model(params, len(x))
+        for variable in model.trainable_variables:
+            if "bias" in variable.path:
+                variable.assign(variable + 0.1)
+        return model
 
     def one_step(model) -> dict[str, np.ndarray]:
         model.train_on_batch(*batch)
         return {v.path: keras.ops.convert_to_numpy(v) for v in model.trainable_variables}
 
-    plain = compiled_tiny_model(TrainParams.model_validate(base), len(x))
+    plain = compiled(0.0)
     initial = {v.path: keras.ops.convert_to_numpy(v) for v in plain.trainable_variables}
     stepped = one_step(plain)
-    decayed = compiled_tiny_model(TrainParams.model_validate({**base, "weight_decay": 0.5}), len(x))
+    decayed = compiled(0.5)
+    rate = float(decayed.optimizer.learning_rate)  # the schedule's first step: warm-up's start
+    assert rate == pytest.approx(0.001)
     decayed.optimizer.build(decayed.trainable_variables)  # as in a checkpoint after an epoch
     decayed.save(tmp_path / "fresh.keras")
     for model in (decayed, keras.models.load_model(tmp_path / "fresh.keras")):
         got = one_step(model)
         assert sorted(got) == sorted(stepped)
         for path, value in got.items():
-            shrink = 0.0 if "bias" in path else 0.01 * 0.5 * initial[path]
+            shrink = 0.0 if "bias" in path else rate * 0.5 * initial[path]
             np.testing.assert_allclose(value, stepped[path] - shrink, rtol=1e-5, atol=1e-7)
         assert any("bias" in path for path in got) and any("bias" not in path for path in got)
 
