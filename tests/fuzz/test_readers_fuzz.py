@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, event, given
+from hypothesis import assume, event, example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -196,8 +196,19 @@ def picture_files(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+# Found by CI's fuzzing (2026-12-01): an EXIF chunk, then an IDAT whose CRC is cut off. Pillow
+# reads the EXIF orientation, then raises SyntaxError ("broken PNG file") while loading.
+TRUNCATED_PNG_WITH_EXIF = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\t\x00\x00\x00\x01\x01\x00\x00\x00\x00"
+    b"$\xb9\xb9\xd0\x00\x00\x00\x1aeXIfMM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00"
+    b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\xb5\xb7~S\x00\x00\x00\nIDATx\x9cc`\x00\x00\x00"
+    b"\x02\x00\x01H\xaf\xa4q\x00\x00\x00\x00"
+)
+
+
 @fuzz_settings(share=1.0)
 @given(data=picture_files(), dark_on_light=st.booleans(), frame=st.booleans())
+@example(data=TRUNCATED_PNG_WITH_EXIF, dark_on_light=False, frame=False)
 def test_pictures(fuzz_dir: Path, data: bytes, dark_on_light: bool, frame: bool) -> None:
     note_input()
     path = fuzz_dir / "picture"

@@ -237,7 +237,16 @@ def _decode_gray(path: Path, background: int) -> np.ndarray:
             for top in range(0, height, step):
                 strip = image.crop((0, top, width, min(top + step, height))).convert(mode)
                 gray[top : top + step] = framing.to_gray(np.asarray(strip), background)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    # Pillow reports some broken files as SyntaxError (e.g. "broken PNG file" for a cut chunk)
+    # or EOFError, not OSError.
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        Image.DecompressionBombError,
+    ) as exc:
         raise InputFileError(
             f"{path}: not a readable image ({exc}); expected a PNG or JPEG image, "
             "a .npy array or an IDX image file"
