@@ -82,11 +82,6 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
         "train.learning_rate=0.003",
         "train.weight_decay=0.1",
     ),
-    "rotate10-scale10-26ep-lr0.003-wd0.3": (
-        *ROTATE10_SCALE10_26EP,
-        "train.learning_rate=0.003",
-        "train.weight_decay=0.3",
-    ),
     "2layers-14ep": ("train.model.layers=2", "train.epochs=14"),
     "bidirectional-16ep": BIDIRECTIONAL_16EP,
     "bidirectional-rotate10-scale10-16ep": (*BIDIRECTIONAL_16EP, *ROTATE10_SCALE10),
