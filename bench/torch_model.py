@@ -4,9 +4,8 @@ Optional Linear projection per step -> nn.LSTM / nn.GRU / nn.RNN (batch_first; l
 and dropout between layers as configured) -> dropout -> Linear on the last step, trained with
 Adam (AdamW's decoupled decay with `train.weight_decay`) and cross-entropy, averaging the weights
 when ours does: the same layers, sizes, batch and per-step work as modeling.model.build_model and
-modeling.training.compile_model. torch is a
-bench-only dependency (`pip install -e '.[bench]'`); import this module only after checking
-`available()`.
+modeling.training.compile_model. torch is a bench-only dependency (`pip install -e '.[bench]'`);
+import this module only after checking `available()`.
 """
 
 from __future__ import annotations
@@ -140,8 +139,8 @@ class Trainer:
         torch.manual_seed(seed)
         self.torch = torch
         self.model = build(params, features)
-        self.weights = [p for p in self.model.parameters() if p.requires_grad]
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.weights = [p for _, p in named]
         groups = [
             {"params": [p for n, p in named if "bias" not in n], "weight_decay": weight_decay},
             {"params": [p for n, p in named if "bias" in n], "weight_decay": 0.0},
