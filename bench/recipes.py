@@ -48,6 +48,8 @@ ROTATE10_SCALE10_26EP = (
     "train.epochs=26",
     "train.early_stopping_patience=8",
 )
+# The default since the fourth round.
+LR3_WD1 = (*ROTATE10_SCALE10_26EP, "train.learning_rate=0.003", "train.weight_decay=0.1")
 BIDIRECTIONAL_16EP = ("train.model.bidirectional=true", "train.epochs=16")
 # Candidate name -> its params on top of BEFORE (later overrides win).
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -77,11 +79,19 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "rotate10-scale10-26ep-wd0.05": (*ROTATE10_SCALE10_26EP, "train.weight_decay=0.05"),
     "rotate10-scale10-26ep-wd0.1": (*ROTATE10_SCALE10_26EP, "train.weight_decay=0.1"),
     "rotate10-scale10-26ep-wd0.3": (*ROTATE10_SCALE10_26EP, "train.weight_decay=0.3"),
-    "rotate10-scale10-26ep-lr0.003-wd0.1": (
-        *ROTATE10_SCALE10_26EP,
-        "train.learning_rate=0.003",
-        "train.weight_decay=0.1",
+    "rotate10-scale10-26ep-lr0.003-wd0.1": LR3_WD1,
+    # Fifth round: on top of the default since the fourth (lr 0.003 + weight decay 0.1).
+    "bidirectional80-lr0.003-wd0.1": (
+        *LR3_WD1,
+        "train.model.bidirectional=true",
+        "train.model.units=80",
     ),
+    "bidirectional96-lr0.003-wd0.1": (
+        *LR3_WD1,
+        "train.model.bidirectional=true",
+        "train.model.units=96",
+    ),
+    "lr0.003-wd0.1-ema0.9995": (*LR3_WD1, "train.ema_decay=0.9995"),
     "2layers-14ep": ("train.model.layers=2", "train.epochs=14"),
     "bidirectional-16ep": BIDIRECTIONAL_16EP,
     "bidirectional-rotate10-scale10-16ep": (*BIDIRECTIONAL_16EP, *ROTATE10_SCALE10),
