@@ -92,6 +92,8 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
         "train.model.units=96",
     ),
     "lr0.003-wd0.1-ema0.9995": (*LR3_WD1, "train.ema_decay=0.9995"),
+    "lr0.003-wd0.1-clean3": (*LR3_WD1, "train.augment_off_last_epochs=3"),
+    "lr0.003-wd0.1-clean6": (*LR3_WD1, "train.augment_off_last_epochs=6"),
     "2layers-14ep": ("train.model.layers=2", "train.epochs=14"),
     "bidirectional-16ep": BIDIRECTIONAL_16EP,
     "bidirectional-rotate10-scale10-16ep": (*BIDIRECTIONAL_16EP, *ROTATE10_SCALE10),

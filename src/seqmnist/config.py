@@ -68,6 +68,7 @@ class TrainParams(_Frozen):
     augment_max_scale: Annotated[float, Field(ge=0, le=0.5)] = 0.1
     augment_elastic_pixels: Annotated[float, Field(ge=0, le=4)] = 0.0
     augment_elastic_grid: Annotated[int, Field(ge=2, le=14)] = 4  # > 14: per-pixel jitter
+    augment_off_last_epochs: Annotated[int, Field(ge=0)] = 0
     learning_rate: PositiveFloat = 0.003
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.1
     lr_schedule: Literal["constant", "cosine"] = "cosine"

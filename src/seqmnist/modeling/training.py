@@ -116,10 +116,13 @@ def epoch_arrays(
     x: np.ndarray, y: np.ndarray, params: TrainParams, epoch: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """One epoch's training arrays: shuffled by `epoch_order`, shifted, rotated and scaled, all
-    drawn from (seed, epoch) alone, so a resumed run (and the bench) sees the same epoch."""
+    drawn from (seed, epoch) alone, so a resumed run (and the bench) sees the same epoch. The
+    last `augment_off_last_epochs` of the schedule see the images as they are, as test does."""
     from seqmnist.modeling.augment import elastic_distort, rotate_and_scale
 
     order = epoch_order(len(x), params.seed, epoch)
+    if epoch >= params.epochs - params.augment_off_last_epochs:
+        return x[order], y[order]
     rng = np.random.default_rng([params.seed, epoch, AUGMENT_STREAM])
     x_epoch = shift_images(x[order], params.augment_max_shift, rng)
     x_epoch = rotate_and_scale(x_epoch, params.augment_max_degrees, params.augment_max_scale, rng)

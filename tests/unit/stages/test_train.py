@@ -329,6 +329,18 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     assert sorted(epoch_order(50, 1, 3).tolist()) == list(range(50))
 
 
+def test_the_last_epochs_of_the_schedule_train_on_unaugmented_images():
+    x = np.random.default_rng(2).uniform(0, 1, (40, 8, 8)).astype(np.float32)
+    y = np.arange(40) % 10
+    params = TrainParams(epochs=5, augment_off_last_epochs=2, augment_elastic_pixels=1.0)
+    for epoch in range(5):
+        order = epoch_order(len(x), params.seed, epoch)
+        x_epoch, y_epoch = training.epoch_arrays(x, y, params, epoch)
+        np.testing.assert_array_equal(y_epoch, y[order])
+        unchanged = np.array_equal(x_epoch, x[order])
+        assert unchanged == (epoch >= 3), f"epoch {epoch}"
+
+
 def test_subset_is_seeded_and_capped():
     assert subset_indices(10, None, 0).tolist() == list(range(10))
     picked = subset_indices(100, 7, 0)
