@@ -98,7 +98,12 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "bidirectional-16ep": BIDIRECTIONAL_16EP,
     "bidirectional-rotate10-scale10-16ep": (*BIDIRECTIONAL_16EP, *ROTATE10_SCALE10),
 }
-VAL_ACCURACY = Path("dvclive/train/plots/metrics/val/accuracy.tsv")
+VAL_CURVES = Path("dvclive/train/plots/metrics/val")
+
+
+def _curve(clone: Path, metric: str) -> list[float]:
+    with (clone / VAL_CURVES / f"{metric}.tsv").open() as handle:
+        return [float(row[metric]) for row in csv.DictReader(handle, delimiter="\t")]
 
 
 def _environment(clone: Path) -> dict[str, str]:
@@ -130,8 +135,7 @@ def _clone(scratch: Path) -> Path:
 
 def _outcome(clone: Path) -> dict[str, object]:
     live = json.loads((clone / "dvclive/train/metrics.json").read_text())
-    with (clone / VAL_ACCURACY).open() as handle:
-        val_accuracy = [float(row["accuracy"]) for row in csv.DictReader(handle, delimiter="\t")]
+    val_accuracy = _curve(clone, "accuracy")
     evaluate = json.loads((clone / "metrics/evaluate.json").read_text())
     return {
         "best_val_loss": live["best_val_loss"],
@@ -140,6 +144,7 @@ def _outcome(clone: Path) -> dict[str, object]:
         "best_epoch": live["best_epoch"],
         "epochs_run": live["epochs_run"],
         "median_epoch_s": live["median_epoch_seconds"],
+        "val_loss_per_epoch": [round(loss, 5) for loss in _curve(clone, "loss")],
     }
 
 
