@@ -51,6 +51,7 @@ ROTATE10_SCALE10_26EP = (
 # The default since the fourth round.
 LR3_WD1 = (*ROTATE10_SCALE10_26EP, "train.learning_rate=0.003", "train.weight_decay=0.1")
 BIDIRECTIONAL96 = (*LR3_WD1, "train.model.bidirectional=true", "train.model.units=96")
+BIDIRECTIONAL96_20EP = (*BIDIRECTIONAL96, "train.epochs=20")
 BIDIRECTIONAL_16EP = ("train.model.bidirectional=true", "train.epochs=16")
 # Candidate name -> its params on top of BEFORE (later overrides win).
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -88,7 +89,14 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
         "train.model.units=80",
     ),
     "bidirectional96-lr0.003-wd0.1": BIDIRECTIONAL96,
-    "bidirectional96-lr0.003-wd0.1-20ep": (*BIDIRECTIONAL96, "train.epochs=20"),
+    "bidirectional96-lr0.003-wd0.1-20ep": BIDIRECTIONAL96_20EP,
+    "bidirectional96-20ep-rotate15-scale15": (
+        *BIDIRECTIONAL96_20EP,
+        "train.augment_max_degrees=15",
+        "train.augment_max_scale=0.15",
+    ),
+    "bidirectional96-20ep-dropout0.4": (*BIDIRECTIONAL96_20EP, "train.model.dropout=0.4"),
+    "bidirectional96-20ep-wd0.2": (*BIDIRECTIONAL96_20EP, "train.weight_decay=0.2"),
     "lr0.003-wd0.1-ema0.9995": (*LR3_WD1, "train.ema_decay=0.9995"),
     "lr0.003-wd0.1-clean3": (*LR3_WD1, "train.augment_off_last_epochs=3"),
     "lr0.003-wd0.1-clean6": (*LR3_WD1, "train.augment_off_last_epochs=6"),
