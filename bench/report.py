@@ -59,7 +59,13 @@ def _flops(flops: dict) -> list[str]:
 
 
 def _training(training: dict) -> list[str]:
+    flipped = training.get("bidirectional")
     rows = [
+        *(
+            []
+            if flipped is None
+            else [f"Model: `train.model.bidirectional: {str(flipped).lower()}`."]
+        ),
         f"Batch {training['batch_size']}, {training['samples_per_round']:,} samples per round, "
         f"{training['rounds']} rounds each, {training['order']}, first round excluded; "
         f"data: {training['data']}; threads: {training['threads']}.",
@@ -187,8 +193,8 @@ SECTIONS = (
     ("flops", "Model FLOPs", _flops),
     ("training", "Training throughput", _training),
     (
-        "training_bidirectional",
-        "Training throughput, bidirectional (`train.model.bidirectional: true`)",
+        "training_flipped",
+        "Training throughput, `train.model.bidirectional` flipped from the default",
         _training,
     ),
     ("inference", "Inference", _inference),

@@ -48,7 +48,7 @@ class TrainingPlan:
 
 
 FULL = TrainingPlan(samples_per_round=25_600, rounds=4, budget_s=200)
-FULL_BIDIRECTIONAL = TrainingPlan(samples_per_round=12_800, rounds=4, budget_s=150)
+FULL_FLIPPED = TrainingPlan(samples_per_round=12_800, rounds=4, budget_s=150)
 QUICK = TrainingPlan(samples_per_round=512, rounds=3, budget_s=30, min_steps=2, warmup_steps=1)
 
 

@@ -17,7 +17,7 @@ from support.tiny_data import BAR_SIZE, write_bar_splits
 
 TIME_STEPS = FEATURES = BAR_SIZE
 SPLIT_SIZES = {"train": 3000, "val": 200, "test": 500}
-TINY = ModelParams(cell="lstm", units=16, input_projection=16)
+TINY = ModelParams(cell="lstm", units=16, input_projection=16, bidirectional=False)
 TRAIN_EPOCHS = 2
 TRAIN_BATCH = 64
 LEARNING_RATE = 0.01

@@ -171,7 +171,8 @@ export function describeModel(metadata: Metadata): string[] {
     facts.push(`test accuracy ${(100 * accuracy).toFixed(2)}%${images}`);
   }
   if (typeof architecture.cell === 'string') {
-    facts.push(`${architecture.cell.toUpperCase()}, ${architecture.units} units, ${architecture.layers} layer(s)`);
+    const directions = architecture.bidirectional === true ? 'bidirectional ' : '';
+    facts.push(`${directions}${architecture.cell.toUpperCase()}, ${architecture.units} units, ${architecture.layers} layer(s)`);
   }
   return facts.length ? facts : ['no seqmnist metadata in this model'];
 }

@@ -29,6 +29,7 @@ from integration.web.web_images import (
     strokes,
     transparent,
 )
+from seqmnist.config import load_params
 from seqmnist.serving import framing
 from seqmnist.serving.predict import Predictor, load_inputs
 from support.project import PROJECT_ROOT
@@ -261,6 +262,10 @@ def test_screenshot_after_a_prediction(
     state = page.call("state")
     assert prediction["label"] == state["digit"] == str(digit)
     assert "ms" in state["timing"] and any("test accuracy" in fact for fact in state["facts"])
+    model = load_params(PROJECT_ROOT / "params.yaml").train.model  # what trained_model trained
+    shape = f"LSTM, {model.units} units, {model.layers} layer(s)"
+    named = f"bidirectional {shape}" if model.bidirectional else shape
+    assert named in state["facts"], state["facts"]
     shot = Path(page.call("screenshot", path=str(tmp_path / "web-demo.png")))
     assert shot.stat().st_size > 0
     print(f"\nscreenshot: {shot}")

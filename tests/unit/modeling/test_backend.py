@@ -18,15 +18,15 @@ from seqmnist.stages import train
 from support.tiny_data import FEATURES, TIME_STEPS, train_on_tiny_data, write_processed
 
 FAKE_GPU = tf.config.PhysicalDevice(name="/physical_device:GPU:0", device_type="GPU")
-LSTM = ModelParams(cell="lstm", units=8, input_projection=6)
+LSTM = ModelParams(cell="lstm", units=8, input_projection=6, bidirectional=False)
 LSTM_MODELS = {
     "lstm": LSTM,
     "bidirectional lstm": ModelParams(cell="lstm", units=8, input_projection=6, bidirectional=True),
     "stacked bidirectional lstm": ModelParams(cell="lstm", units=8, layers=2, bidirectional=True),
 }
 OTHER_MODELS = {
-    "gru": ModelParams(cell="gru", units=8),
-    "simple_rnn": ModelParams(cell="simple_rnn", units=8),
+    "gru": ModelParams(cell="gru", units=8, bidirectional=False),
+    "simple_rnn": ModelParams(cell="simple_rnn", units=8, bidirectional=False),
 }
 
 

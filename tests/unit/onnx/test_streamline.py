@@ -11,14 +11,14 @@ from seqmnist.stages.export import convert, op_type_counts
 
 TIME_STEPS, FEATURES = 9, 7
 STREAMLINED = {
-    "one-lstm": ModelParams(units=10, input_projection=12),
-    "no-projection": ModelParams(units=10, input_projection=None),
+    "one-lstm": ModelParams(units=10, input_projection=12, bidirectional=False),
+    "no-projection": ModelParams(units=10, input_projection=None, bidirectional=False),
     "bidirectional": ModelParams(units=10, input_projection=12, bidirectional=True),
-    "two-layers": ModelParams(units=6, layers=2, input_projection=5),
+    "two-layers": ModelParams(units=6, layers=2, input_projection=5, bidirectional=False),
     "two-bidirectional-layers": ModelParams(
         units=6, layers=2, input_projection=5, bidirectional=True
     ),
-    "max-readout": ModelParams(units=10, input_projection=12, readout="max"),
+    "max-readout": ModelParams(units=10, input_projection=12, readout="max", bidirectional=False),
     "bidirectional-mean-readout": ModelParams(
         units=6, layers=2, input_projection=5, bidirectional=True, readout="mean"
     ),

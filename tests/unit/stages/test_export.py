@@ -224,7 +224,7 @@ def test_other_cells_export_with_parity(
 
     from seqmnist.modeling.model import build_model
 
-    params = ModelParams(cell=cell, units=16, input_projection=16)
+    params = ModelParams(cell=cell, units=16, input_projection=16, bidirectional=False)
     keras.utils.set_random_seed(SEED)
     model_path = tmp_path / "model.keras"
     build_model(params, TIME_STEPS, FEATURES).save(model_path)
