@@ -52,11 +52,6 @@ ROTATE10_SCALE10_26EP = (
 LR3_WD1 = (*ROTATE10_SCALE10_26EP, "train.learning_rate=0.003", "train.weight_decay=0.1")
 BIDIRECTIONAL96 = (*LR3_WD1, "train.model.bidirectional=true", "train.model.units=96")
 BIDIRECTIONAL96_20EP = (*BIDIRECTIONAL96, "train.epochs=20")
-BIDIRECTIONAL96_20EP_ROTATE15 = (
-    *BIDIRECTIONAL96_20EP,
-    "train.augment_max_degrees=15",
-    "train.augment_max_scale=0.15",
-)
 BIDIRECTIONAL_16EP = ("train.model.bidirectional=true", "train.epochs=16")
 # Candidate name -> its params on top of BEFORE (later overrides win).
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -95,15 +90,10 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     ),
     "bidirectional96-lr0.003-wd0.1": BIDIRECTIONAL96,
     "bidirectional96-lr0.003-wd0.1-20ep": BIDIRECTIONAL96_20EP,
-    "bidirectional96-20ep-rotate15-scale15": BIDIRECTIONAL96_20EP_ROTATE15,
-    "bidirectional96-20ep-rotate15-scale15-elastic1": (
-        *BIDIRECTIONAL96_20EP_ROTATE15,
-        "train.augment_elastic_pixels=1",
-    ),
-    "bidirectional96-20ep-rotate20-scale20": (
+    "bidirectional96-20ep-rotate15-scale15": (
         *BIDIRECTIONAL96_20EP,
-        "train.augment_max_degrees=20",
-        "train.augment_max_scale=0.2",
+        "train.augment_max_degrees=15",
+        "train.augment_max_scale=0.15",
     ),
     "bidirectional96-20ep-dropout0.4": (*BIDIRECTIONAL96_20EP, "train.model.dropout=0.4"),
     "bidirectional96-20ep-wd0.2": (*BIDIRECTIONAL96_20EP, "train.weight_decay=0.2"),

@@ -64,7 +64,7 @@ def _training(training: dict) -> list[str]:
         *(
             []
             if flipped is None
-            else [f"Model: `train.model.bidirectional: {str(flipped).lower()}`."]
+            else [f"Model: `train.model.bidirectional: {str(flipped).lower()}`.", ""]
         ),
         f"Batch {training['batch_size']}, {training['samples_per_round']:,} samples per round, "
         f"{training['rounds']} rounds each, {training['order']}, first round excluded; "

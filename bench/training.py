@@ -1,10 +1,11 @@
 """Training throughput: our Keras training path against the same architecture in PyTorch, A/B/A/B.
 
 Ours is what the `train` stage runs: seed_everything, new_training_model and compile_model with the
-params.yaml defaults, each epoch shuffled and augmented in numpy (untimed, as in train.run), then
-one timed `model.fit` over the tf.data pipeline train.py builds. PyTorch trains on the same epoch
-arrays with the same batch size. The two alternate round by round so that a burst of load from
-elsewhere hits both; the first (tracing, allocation) epoch of each is excluded.
+params.yaml defaults, each epoch shuffled and distorted between rounds (untimed; train.run draws
+them on a second thread during the previous epoch, so its epoch times also carry their share of
+the cores), then one timed `model.fit` over the tf.data pipeline train.py builds. PyTorch trains
+on the same epoch arrays with the same batch size. The two alternate round by round so that a
+burst of load from elsewhere hits both; the first (tracing, allocation) epoch of each is excluded.
 """
 
 from __future__ import annotations

@@ -66,6 +66,13 @@ def validate(params: TrainParams, train_shape: tuple[int, ...], other_shapes: di
             f"train.warmup_epochs: {params.warmup_epochs} must be below train.epochs "
             f"({params.epochs}) for the cosine schedule"
         )
+    if params.augment_off_last_epochs >= params.epochs:
+        raise ConfigError(
+            f"train.augment_off_last_epochs: {params.augment_off_last_epochs} must be below "
+            f"train.epochs ({params.epochs}); to train without distortions, set "
+            "train.augment_max_shift, augment_max_degrees, augment_max_scale and "
+            "augment_elastic_pixels to 0"
+        )
     for name, shape in other_shapes.items():
         if shape[1:] != train_shape[1:]:
             raise DataError(
@@ -117,7 +124,8 @@ def epoch_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One epoch's training arrays: shuffled by `epoch_order`, shifted, rotated and scaled, all
     drawn from (seed, epoch) alone, so a resumed run (and the bench) sees the same epoch. The
-    last `augment_off_last_epochs` of the schedule see the images as they are, as test does."""
+    last `augment_off_last_epochs` of `epochs` (counted on the schedule: a run that stops early
+    may end before them) see the images undistorted, as evaluation sees them."""
     from seqmnist.modeling.augment import elastic_distort, rotate_and_scale
 
     order = epoch_order(len(x), params.seed, epoch)

@@ -294,6 +294,12 @@ def test_batch_larger_than_data_is_rejected_before_training(tmp_path, processed)
     assert not (tmp_path / "live").exists()
 
 
+def test_undistorted_last_epochs_must_leave_distorted_ones(tmp_path, processed):
+    with pytest.raises(ConfigError, match=r"train\.augment_off_last_epochs: 3 must be below"):
+        train_on_tiny_data(tmp_path, processed, augment_off_last_epochs=3)
+    assert not (tmp_path / "live").exists()
+
+
 def test_a_git_repository_without_a_commit_is_named_before_training(
     tmp_path, processed, monkeypatch
 ):
