@@ -29,6 +29,7 @@ from integration.web.web_images import (
     strokes,
     transparent,
 )
+from seqmnist.onnx import metadata as onnx_meta
 from seqmnist.serving import framing
 from seqmnist.serving.predict import Predictor, load_inputs
 from support.project import PROJECT_ROOT
@@ -254,18 +255,14 @@ def test_an_unreadable_or_blank_picture_shows_a_readable_error(
 
 
 def test_screenshot_after_a_prediction(
-    page: Browser,
-    predictor: Predictor,
-    mnist_test: tuple[np.ndarray, np.ndarray],
-    trained_model: Path,
-    tmp_path: Path,
+    page: Browser, predictor: Predictor, mnist_test: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     digit, paths = _drawable(*mnist_test, predictor)[3]
     prediction = page.call("draw", strokes=[DRAWN_PLACEMENTS[0].place(path) for path in paths])
     state = page.call("state")
     assert prediction["label"] == state["digit"] == str(digit)
     assert "ms" in state["timing"] and any("test accuracy" in fact for fact in state["facts"])
-    model = _architecture(trained_model)
+    model = predictor.metadata[onnx_meta.META_PARAMS]["train"]["model"]  # as the page reads it
     shape = f"{model['cell'].upper()}, {model['units']} units, {model['layers']} layer(s)"
     named = f"bidirectional {shape}" if model["bidirectional"] else shape
     assert named in state["facts"], state["facts"]
@@ -280,21 +277,9 @@ def test_screenshot_after_a_prediction(
         print(f"screenshot copied to {shutil.copy(shot, ARTIFACTS / shot.name)}")
 
 
-def _architecture(trained_model: Path) -> dict:
-    """`train.model` as the model's own metadata states it (the page reads the same)."""
-    import onnx
-
-    from seqmnist.onnx import metadata as onnx_meta
-
-    props = {prop.key: prop.value for prop in onnx.load(trained_model).metadata_props}
-    return onnx_meta.decode_metadata(props)[onnx_meta.META_PARAMS]["train"]["model"]
-
-
 def _with_framing(trained_model: Path, dest: Path, **changes: object) -> Path:
     """A copy of the model whose preprocessing metadata states other framing constants."""
     import onnx
-
-    from seqmnist.onnx import metadata as onnx_meta
 
     model = onnx.load(trained_model)
     for prop in model.metadata_props:
