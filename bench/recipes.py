@@ -5,8 +5,8 @@ A clone of the project's committed HEAD runs the candidates one at a time, with 
 first on PYTHONPATH (edits made in the workspace meanwhile do not leak in) and the workspace's DVC
 cache (download and preprocess run once). Each run is `dvc repro` after the overrides are
 written to params.yaml, timed from train to export; results accumulate in bench/recipes.json
-(one entry per candidate and seed; a rerun replaces its entry) and print as bench/README.md's
-table. Run it on a quiet machine, one run at a time:
+(one entry per candidate, seed and CPU model; a rerun on the same CPU replaces its entry) and
+print as bench/README.md's table. Run it on a quiet machine, one run at a time:
 
     .venv/bin/python bench/recipes.py --only rotate10-scale10 --seeds 42 43 44   # ~4-8 min a run
 """
@@ -100,6 +100,10 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "lr0.003-wd0.1-ema0.9995": (*LR3_WD1, "train.ema_decay=0.9995"),
     "lr0.003-wd0.1-clean3": (*LR3_WD1, "train.augment_off_last_epochs=3"),
     "lr0.003-wd0.1-clean6": (*LR3_WD1, "train.augment_off_last_epochs=6"),
+    # Sixth round (2026-12-01, AMD EPYC), on top of the default.
+    "lr0.003-wd0.1-30ep": (*LR3_WD1, "train.epochs=30"),
+    "lr0.003-wd0.1-smooth0.1": (*LR3_WD1, "train.label_smoothing=0.1"),
+    "lr0.003-wd0.1-smooth0.02": (*LR3_WD1, "train.label_smoothing=0.02"),
     "2layers-14ep": ("train.model.layers=2", "train.epochs=14"),
     "bidirectional-16ep": BIDIRECTIONAL_16EP,
     "bidirectional-rotate10-scale10-16ep": (*BIDIRECTIONAL_16EP, *ROTATE10_SCALE10),
@@ -168,24 +172,32 @@ def run_candidate(clone: Path, name: str, seed: int) -> dict[str, object]:
             "train_to_export_s": round(seconds, 1), **_outcome(clone)}  # fmt: skip
 
 
+def _key(entry: dict) -> tuple[str, int, str]:
+    """One entry per candidate, seed and CPU: trained bytes differ between CPUs, so a run on
+    another machine is another measurement, not a replacement."""
+    return entry["candidate"], entry["seed"], entry["machine"]["cpu_model"]
+
+
 def table(entries: list[dict]) -> str:
-    """bench/README.md's rows: per candidate, the median over its seeds (and each seed)."""
+    """bench/README.md's rows: per candidate and CPU, the median over its seeds (and each)."""
     lines = [
-        "| candidate | seeds | best val loss | val acc (best epoch) | test acc | epochs (best) "
-        "| train -> export minutes |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| candidate | CPU | seeds | best val loss | val acc (best epoch) | test acc "
+        "| epochs (best) | train -> export minutes |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name in CANDIDATES:
-        runs = [entry for entry in entries if entry["candidate"] == name]
-        if not runs:
-            continue
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for name in CANDIDATES:  # in the candidates' order, each CPU in the order first measured
+        for entry in entries:
+            if entry["candidate"] == name:
+                groups.setdefault((name, entry["machine"]["cpu_model"]), []).append(entry)
+    for (name, cpu), runs in groups.items():
 
         def median(key: str, runs=runs) -> float:
             return statistics.median(float(entry[key]) for entry in runs)
 
         tests = ", ".join(f"{entry['test_accuracy']:.4f}" for entry in runs)
         lines.append(
-            f"| {name} (`{' '.join(CANDIDATES[name]) or 'params.yaml'}`) "
+            f"| {name} (`{' '.join(CANDIDATES[name]) or 'params.yaml'}`) | {cpu} "
             f"| {', '.join(str(entry['seed']) for entry in runs)} "
             f"| {median('best_val_loss'):.4f} | {median('val_accuracy_at_best'):.4f} "
             f"| {median('test_accuracy'):.4f} ({tests}) "
@@ -212,8 +224,7 @@ def main() -> None:
                     entry = {**run_candidate(clone, name, seed), "machine": machine_json()}
                     print(f"  {json.dumps({k: v for k, v in entry.items() if k != 'machine'})}")
                     saved["entries"] = [
-                        old for old in saved["entries"]
-                        if (old["candidate"], old["seed"]) != (name, seed)
+                        old for old in saved["entries"] if _key(old) != _key(entry)
                     ] + [entry]  # fmt: skip
                     RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
     print(table(saved["entries"]))

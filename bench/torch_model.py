@@ -122,9 +122,10 @@ def build(params: ModelParams, features: int, num_classes: int = 10, fused: bool
 
 
 class Trainer:
-    """Adam + cross-entropy on logits, one optimizer step per batch of the given epoch arrays;
-    with `weight_decay` > 0 AdamW's decoupled decay on all but biases, and with `ema_decay` > 0
-    an average of the weights updated after every step, as modeling.training.compile_model does."""
+    """Adam + cross-entropy on logits (label-smoothed if `label_smoothing` > 0), one optimizer
+    step per batch of the given epoch arrays; with `weight_decay` > 0 AdamW's decoupled decay on
+    all but biases, and with `ema_decay` > 0 an average of the weights updated after every step,
+    as modeling.training.compile_model does."""
 
     def __init__(
         self,
@@ -134,6 +135,7 @@ class Trainer:
         seed: int,
         ema_decay: float = 0.0,
         weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
     ):
         torch = _torch()
         torch.manual_seed(seed)
@@ -146,7 +148,7 @@ class Trainer:
             {"params": [p for n, p in named if "bias" in n], "weight_decay": 0.0},
         ]
         self.optimizer = torch.optim.AdamW(groups, lr=learning_rate)
-        self.loss = torch.nn.CrossEntropyLoss()
+        self.loss = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.ema_decay = ema_decay
         self.average = [p.detach().clone() for p in self.weights] if ema_decay else []
 

@@ -131,6 +131,7 @@ def run(
             params.seed,
             params.ema_decay,
             params.weight_decay,
+            params.label_smoothing,
         )
     ours: list[float] = []
     theirs: list[float] = []

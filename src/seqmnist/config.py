@@ -75,6 +75,7 @@ class TrainParams(_Frozen):
     warmup_epochs: Annotated[int, Field(ge=0)] = 1
     early_stopping_patience: PositiveInt = 8
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     lstm_backend: LstmBackend = "auto"
 
 

@@ -223,11 +223,11 @@ def _learning_rate(params: TrainParams, steps_per_epoch: int):
 
 
 def compile_model(model, params: TrainParams, steps_per_epoch: int) -> None:
-    """Adam on logits with sparse cross-entropy, decoupled weight decay if `weight_decay` > 0
-    (AdamW), averaging the weights if `ema_decay` > 0."""
-    import keras
-
+    """Adam on logits with sparse cross-entropy (label-smoothed if `label_smoothing` > 0),
+    decoupled weight decay if `weight_decay` > 0 (AdamW), averaging the weights if
+    `ema_decay` > 0."""
     from seqmnist.modeling.averaging import AveragingAdam
+    from seqmnist.modeling.losses import loss_metrics, training_loss
 
     model.compile(
         optimizer=AveragingAdam(
@@ -236,8 +236,8 @@ def compile_model(model, params: TrainParams, steps_per_epoch: int) -> None:
             use_ema=params.ema_decay > 0,
             ema_momentum=params.ema_decay,
         ),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        loss=training_loss(params.label_smoothing),
+        metrics=loss_metrics(params.label_smoothing),
     )
 
 

@@ -92,6 +92,7 @@ def _start_or_resume(
 
     from seqmnist.modeling.averaging import AveragingAdam
     from seqmnist.modeling.fused_lstm import FusedLSTM
+    from seqmnist.modeling.losses import SmoothedSparseCrossentropy
 
     steps_per_epoch = -(-len(splits.x_train) // params.batch_size)
     state = load_state(checkpoint_dir, expected)
@@ -99,7 +100,11 @@ def _start_or_resume(
         try:
             model = keras.models.load_model(
                 checkpoint_dir / CHECKPOINT_MODEL,
-                custom_objects={"FusedLSTM": FusedLSTM, "AveragingAdam": AveragingAdam},
+                custom_objects={
+                    "FusedLSTM": FusedLSTM,
+                    "AveragingAdam": AveragingAdam,
+                    "SmoothedSparseCrossentropy": SmoothedSparseCrossentropy,
+                },
             )
             restore_rng_states(model, state.rng_states)
             log.info("resuming from %s at epoch %d", checkpoint_dir, state.next_epoch + 1)
@@ -117,8 +122,11 @@ def _start_or_resume(
 
 
 def _fit_epoch(model, params: TrainParams, arrays, val_data, bar) -> dict:
-    """One epoch on its (shuffled, distorted) `arrays`, then validation; the epoch's metrics."""
+    """One epoch on its (shuffled, distorted) `arrays`, then validation; the epoch's metrics.
+
+    val/loss is the cross-entropy against the true labels, also when training smooths them."""
     from seqmnist.modeling.averaging import ValidateAveraged
+    from seqmnist.modeling.losses import TRUE_LABEL_LOSS
 
     x_epoch, y_epoch = arrays
     started = time.perf_counter()
@@ -134,6 +142,8 @@ def _fit_epoch(model, params: TrainParams, arrays, val_data, bar) -> dict:
         for split, prefix in (("train", ""), ("val", "val_"))
         for name in ("loss", "accuracy")
     }
+    if params.label_smoothing:
+        metrics["val/loss"] = float(history[f"val_{TRUE_LABEL_LOSS}"][-1])
     metrics["epoch_seconds"] = round(time.perf_counter() - started, 2)
     return metrics
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from seqmnist.config import ConfigError, TrainParams, parse_params
+from seqmnist.constants import NUM_CLASSES
 from seqmnist.data.dataset import load_split
 from seqmnist.errors import DataError
 from seqmnist.modeling import checkpoints, training
@@ -128,6 +129,40 @@ def test_early_stopping_saves_the_best_epochs_averaged_weights(tmp_path, process
     assert loss == pytest.approx(info["best_val_loss"], rel=1e-4)
     assert loss == pytest.approx(val_loss[best - 1], rel=1e-4)
     assert accuracy == val_accuracy[best - 1]
+
+
+def test_label_smoothing_trains_on_soft_targets_and_validates_on_true_labels(tmp_path, processed):
+    """The training loss is the smoothed one (never below the soft targets' entropy), while
+    val/loss and early stopping use the true labels: the saved model's true-label loss, not its
+    smoothed one. A checkpoint with the smoothed loss reloads (a resumed run)."""
+    import keras
+
+    from seqmnist.modeling.losses import SmoothedSparseCrossentropy
+
+    smoothing = 0.1
+    info = train_on_tiny_data(
+        tmp_path, processed, epochs=6, learning_rate=0.01, label_smoothing=smoothing
+    )
+    soft_target = np.full(NUM_CLASSES, smoothing / NUM_CLASSES)
+    soft_target[0] += 1 - smoothing
+    entropy = float(-(soft_target * np.log(soft_target)).sum())  # 0.50 for 0.1 over 10
+    assert min(curve(tmp_path / "live", "train", "loss")) > entropy
+    assert max(curve(tmp_path / "live", "val", "accuracy")) > 0.5, "precondition: it learns"
+
+    loss, _ = scores_of_saved_model(tmp_path / "model.keras", processed)
+    assert loss == pytest.approx(info["best_val_loss"], rel=1e-4)
+    assert min(curve(tmp_path / "live", "val", "loss")) == pytest.approx(loss, rel=1e-4)
+    x_val, y_val = load_split("val", processed)
+    logits = keras.models.load_model(tmp_path / "model.keras").predict(x_val, verbose=0)
+    smoothed = float(SmoothedSparseCrossentropy(smoothing)(y_val, logits))
+    assert abs(smoothed - loss) > 0.01, "the two losses are told apart"
+
+    params = TrainParams.model_validate({**TINY_TRAIN, "label_smoothing": smoothing})
+    model = compiled_tiny_model(params, train_size=len(x_val))
+    model.optimizer.build(model.trainable_variables)  # as in a checkpoint after an epoch
+    model.save(tmp_path / "checkpoint.keras")
+    reloaded = keras.models.load_model(tmp_path / "checkpoint.keras")
+    assert reloaded.loss.get_config()["smoothing"] == smoothing
 
 
 @pytest.mark.parametrize(
@@ -279,6 +314,7 @@ def test_weight_decay_is_decoupled_spares_biases_and_survives_a_checkpoint(
         ({"batch_size": 0}, "train.batch_size"),
         ({"ema_decay": 1.0}, "train.ema_decay"),
         ({"weight_decay": -0.1}, "train.weight_decay"),
+        ({"label_smoothing": 1.0}, "train.label_smoothing"),
     ],
 )
 def test_bad_params_name_the_field(train_params, field):
