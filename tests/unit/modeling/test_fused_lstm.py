@@ -278,7 +278,9 @@ def test_training_model_starts_where_keras_would():
     from seqmnist.config import TrainParams
     from seqmnist.modeling.training import new_training_model, resolve_backend, seed_everything
 
-    params = TrainParams(model=ModelParams(units=8, input_projection=6, dropout=0.3))
+    params = TrainParams(
+        model=ModelParams(units=8, input_projection=6, dropout=0.3, bidirectional=False)
+    )
     seed_everything(params.seed)
     fused = new_training_model(params, 5, 7, resolve_backend("kernel", params.model, []))
     seed_everything(params.seed)

@@ -83,7 +83,9 @@ def test_pooled_readout_is_rebuilt_over_time_at_each_opset(opset):
     """From opset 18 on, ReduceMax takes its axes as an input, and tf2onnx leaves the pooling
     reading a batch-major sequence."""
     model = build_model(
-        ModelParams(units=10, input_projection=12, readout="max"), TIME_STEPS, FEATURES
+        ModelParams(units=10, input_projection=12, readout="max", bidirectional=False),
+        TIME_STEPS,
+        FEATURES,
     )
     proto = convert(model, opset, TIME_STEPS, FEATURES)
     rewrite = streamline_lstm(proto, TIME_STEPS, FEATURES)
@@ -120,7 +122,9 @@ def _bidirectional_summing_directions() -> keras.Model:
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: build_model(ModelParams(cell="gru", units=6), TIME_STEPS, FEATURES),
+        lambda: build_model(
+            ModelParams(cell="gru", units=6, bidirectional=False), TIME_STEPS, FEATURES
+        ),
         _lstms_with_a_dense_between,
         _bidirectional_summing_directions,
         _pooling_over_the_units,
