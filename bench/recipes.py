@@ -104,6 +104,19 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "lr0.003-wd0.1-30ep": (*LR3_WD1, "train.epochs=30"),
     "lr0.003-wd0.1-smooth0.1": (*LR3_WD1, "train.label_smoothing=0.1"),
     "lr0.003-wd0.1-smooth0.02": (*LR3_WD1, "train.label_smoothing=0.02"),
+    "lr0.003-wd0.1-rotate15-scale15": (
+        *LR3_WD1,
+        "train.augment_max_degrees=15",
+        "train.augment_max_scale=0.15",
+    ),
+    "lr0.003-wd0.1-dropout0.4": (*LR3_WD1, "train.model.dropout=0.4"),
+    # The projection's 28 -> 128 per step spent on units instead: 4 x 160 x (28 + 160) gate
+    # weights against 4 x 128 x (128 + 128) + 28 x 128, 0.9x the multiply-adds per step.
+    "lr0.003-wd0.1-units160-no-projection": (
+        *LR3_WD1,
+        "train.model.units=160",
+        "train.model.input_projection=null",
+    ),
     "2layers-14ep": ("train.model.layers=2", "train.epochs=14"),
     "bidirectional-16ep": BIDIRECTIONAL_16EP,
     "bidirectional-rotate10-scale10-16ep": (*BIDIRECTIONAL_16EP, *ROTATE10_SCALE10),
