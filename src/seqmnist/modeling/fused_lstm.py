@@ -79,16 +79,16 @@ def _build_command(compiler: str, output: Path) -> list[str]:
 
 
 def kernel_path(compiler: str | None = None) -> Path:
-    """Where the build for this source, TensorFlow, compiler and CPU lives (built if missing)."""
+    """Where the build for this source, TensorFlow, compiler and CPU lives (built if missing).
+
+    Keyed on the source's text, not where it lies: clones of the project (bench/recipes.py,
+    tests' copies) share one build instead of compiling for half a minute each."""
     compiler = compiler or os.environ.get(COMPILER_ENV, "g++")
+    command = [
+        SOURCE.name if arg == str(SOURCE) else arg for arg in _build_command(compiler, Path())
+    ]
     key = hashlib.sha256(
-        "\n".join(
-            [
-                SOURCE.read_text(),
-                tf.__version__,
-                " ".join(_build_command(compiler, Path())),
-            ]
-        ).encode()
+        "\n".join([SOURCE.read_text(), tf.__version__, " ".join(command)]).encode()
     ).hexdigest()[:16]
     root = Path(
         os.environ.get(KERNEL_DIR_ENV) or Path(sys.prefix) / "share" / "seqmnist" / "kernels"

@@ -1,12 +1,15 @@
 """Our whole-sequence LSTM kernel against Keras's own LSTM and Bidirectional LSTM: same outputs,
 same gradients, in either direction and stacked."""
 
+import shutil
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from seqmnist.config import ModelParams
+from seqmnist.modeling import fused_lstm
 from seqmnist.modeling.fused_lstm import FusedLSTM, KernelBuildError, _ops, kernel_path
 from seqmnist.modeling.model import build_model
 
@@ -242,13 +245,18 @@ def test_build_failure_names_the_source_and_the_way_out(tmp_path, monkeypatch, c
     assert not [path for path in tmp_path.rglob("*") if path.is_file()], "nothing half-written"
 
 
-def test_build_is_kept_and_reused(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEQMNIST_KERNEL_DIR", str(tmp_path))
+def test_build_is_kept_and_reused_from_any_copy_of_the_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQMNIST_KERNEL_DIR", str(tmp_path / "builds"))
     built = kernel_path()
-    assert built.is_file() and built.is_relative_to(tmp_path)
+    assert built.is_file() and built.is_relative_to(tmp_path / "builds")
     modified = built.stat().st_mtime_ns
     assert kernel_path() == built and built.stat().st_mtime_ns == modified
-    assert [path.name for path in tmp_path.rglob("*") if path.is_file()] == [built.name]
+    copy = tmp_path / "clone/src/seqmnist/modeling/kernels/lstm_sequence.cc"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(fused_lstm.SOURCE, copy)
+    monkeypatch.setattr(fused_lstm, "SOURCE", copy)
+    assert kernel_path() == built and built.stat().st_mtime_ns == modified
+    assert [path.name for path in tmp_path.rglob("*.so")] == [built.name]
 
 
 def test_layer_fed_by_data_skips_its_input_gradient():
