@@ -111,6 +111,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
         "train.augment_max_scale=0.15",
     ),
     "lr0.003-wd0.1-dropout0.4": (*LR3_WD1, "train.model.dropout=0.4"),
+    "lr0.003-wd0.1-dropout0.5": (*LR3_WD1, "train.model.dropout=0.5"),
     # The projection's 28 -> 128 per step spent on units instead: 4 x 160 x (28 + 160) gate
     # weights against 4 x 128 x (128 + 128) + 28 x 128, 0.9x the multiply-adds per step (but
     # 1.56x in the recurrent product, the part that runs step by step).
