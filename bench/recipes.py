@@ -48,7 +48,7 @@ ROTATE10_SCALE10_26EP = (
     "train.epochs=26",
     "train.early_stopping_patience=8",
 )
-# The default since the fourth round.
+# The default from the fourth round to the sixth.
 LR3_WD1 = (*ROTATE10_SCALE10_26EP, "train.learning_rate=0.003", "train.weight_decay=0.1")
 BIDIRECTIONAL96 = (*LR3_WD1, "train.model.bidirectional=true", "train.model.units=96")
 BIDIRECTIONAL96_20EP = (*BIDIRECTIONAL96, "train.epochs=20")
@@ -105,6 +105,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "lr0.003-wd0.1-30ep": (*LR3_WD1, "train.epochs=30"),
     "lr0.003-wd0.1-smooth0.1": (*LR3_WD1, "train.label_smoothing=0.1"),
     "lr0.003-wd0.1-smooth0.02": (*LR3_WD1, "train.label_smoothing=0.02"),
+    # The default since the sixth round.
     "lr0.003-wd0.1-rotate15-scale15": (
         *LR3_WD1,
         "train.augment_max_degrees=15",

@@ -64,8 +64,8 @@ class TrainParams(_Frozen):
     epochs: PositiveInt = 26
     batch_size: PositiveInt = 256
     augment_max_shift: Annotated[int, Field(ge=0, le=8)] = 2
-    augment_max_degrees: Annotated[float, Field(ge=0, le=45)] = 10.0
-    augment_max_scale: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    augment_max_degrees: Annotated[float, Field(ge=0, le=45)] = 15.0
+    augment_max_scale: Annotated[float, Field(ge=0, le=0.5)] = 0.15
     augment_elastic_pixels: Annotated[float, Field(ge=0, le=4)] = 0.0
     augment_elastic_grid: Annotated[int, Field(ge=2, le=14)] = 4  # > 14: per-pixel jitter
     augment_off_last_epochs: Annotated[int, Field(ge=0)] = 0
