@@ -5,7 +5,7 @@ A clone of the project's committed HEAD runs the candidates one at a time, with 
 first on PYTHONPATH (edits made in the workspace meanwhile do not leak in) and the workspace's DVC
 cache (download and preprocess run once). Each run is `dvc repro` after the overrides are
 written to params.yaml, timed from train to export; results accumulate in bench/recipes.json
-(one entry per candidate, seed and CPU model; a rerun on the same CPU replaces its entry) and
+(one entry per candidate, seed and CPU model and family; a rerun on the same CPU replaces it) and
 print as bench/README.md's table. Run it on a quiet machine, one run at a time:
 
     .venv/bin/python bench/recipes.py --only rotate10-scale10 --seeds 42 43 44   # ~4-8 min a run
@@ -101,7 +101,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "lr0.003-wd0.1-ema0.9995": (*LR3_WD1, "train.ema_decay=0.9995"),
     "lr0.003-wd0.1-clean3": (*LR3_WD1, "train.augment_off_last_epochs=3"),
     "lr0.003-wd0.1-clean6": (*LR3_WD1, "train.augment_off_last_epochs=6"),
-    # Sixth round (2026-12-01, AMD EPYC), on top of the default.
+    # Sixth round (2026-12-01, AMD EPYC), on top of LR3_WD1 (the default until this round).
     "lr0.003-wd0.1-30ep": (*LR3_WD1, "train.epochs=30"),
     "lr0.003-wd0.1-smooth0.1": (*LR3_WD1, "train.label_smoothing=0.1"),
     "lr0.003-wd0.1-smooth0.02": (*LR3_WD1, "train.label_smoothing=0.02"),
@@ -187,10 +187,15 @@ def run_candidate(clone: Path, name: str, seed: int) -> dict[str, object]:
             "train_to_export_s": round(seconds, 1), **_outcome(clone)}  # fmt: skip
 
 
+def _cpu(entry: dict) -> str:
+    machine = entry["machine"]
+    return f"{machine['cpu_model']}, {machine['cpu_family_model']}"
+
+
 def _key(entry: dict) -> tuple[str, int, str]:
     """One entry per candidate, seed and CPU: trained bytes differ between CPUs, so a run on
     another machine is another measurement, not a replacement."""
-    return entry["candidate"], entry["seed"], entry["machine"]["cpu_model"]
+    return entry["candidate"], entry["seed"], _cpu(entry)
 
 
 def table(entries: list[dict]) -> str:
@@ -204,7 +209,7 @@ def table(entries: list[dict]) -> str:
     for name in CANDIDATES:  # in the candidates' order, each CPU in the order first measured
         for entry in entries:
             if entry["candidate"] == name:
-                groups.setdefault((name, entry["machine"]["cpu_model"]), []).append(entry)
+                groups.setdefault((name, _cpu(entry)), []).append(entry)
     for (name, cpu), runs in groups.items():
 
         def median(key: str, runs=runs) -> float:

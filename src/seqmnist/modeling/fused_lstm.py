@@ -29,9 +29,10 @@ SOURCE = Path(__file__).with_name("kernels") / "lstm_sequence.cc"
 KERNEL_DIR_ENV = "SEQMNIST_KERNEL_DIR"
 COMPILER_ENV = "CXX"
 # Built for a fixed x86-64 ISA level chosen from the CPU at run time, not -march=native: every
-# CPU of one level runs the same instructions, so an Intel Xeon and an AMD EPYC (both x86-64-v4)
-# train the same bytes; native builds also failed on CPUs with AVX512-FP16 (Eigen's FP16 packet
-# code does not compile under g++ 12). Eigen's products still use AVX-512 at level v4.
+# CPU of one level runs the same kernel instructions (an Intel Xeon and an AMD EPYC are both
+# x86-64-v4; TensorFlow's own ops around the kernel still pick per-CPU code paths, so trained
+# bytes differ between them); native builds also failed on CPUs with AVX512-FP16 (Eigen's FP16
+# packet code does not compile under g++ 12). Eigen's products still use AVX-512 at level v4.
 OPTIMIZE_FLAGS = ("-O3", "-shared", "-fPIC", "-Wno-deprecated-declarations")
 ISA_LEVELS = (
     ("x86-64-v4", frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"})),
